@@ -1,0 +1,34 @@
+# The README's two commands: `make run` serves the local config (tiny model, CPU) and
+# `make test` runs the tests. Each installs what it needs into .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+# A CPU build of PyTorch; a GPU machine can pass another, e.g. TORCH_SPEC='torch==2.13.0'.
+TORCH_SPEC ?= torch==2.13.0
+WAN_API_KEYS ?= local-dev-key
+export WAN_API_KEYS
+
+BIN := $(VENV)/bin
+
+.PHONY: install run test lint bench
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q '$(TORCH_SPEC)'
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+run: install
+	@echo "Serving the tiny model on http://127.0.0.1:8000 -- API key(s): $$WAN_API_KEYS"
+	$(BIN)/serve run serve_config.local.yaml
+
+lint: install
+	$(BIN)/ruff check serve_app tests
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python -m serve_app.bench_overhead

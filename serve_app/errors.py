@@ -1,0 +1,113 @@
+"""The service's exceptions and the one place that renders them as the API's error shape."""
+
+import logging
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """An error with an HTTP status and a message meant for the client."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(ServiceError):
+    status_code = 400
+    code = "invalid_request"
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class GenerationFailed(ServiceError):
+    status_code = 500
+    code = "generation_failed"
+
+
+class ModelLoadError(RuntimeError):
+    """The checkpoint cannot be loaded: the generator replica must not start."""
+
+
+def error_body(code: str, message: str, param: str | None = None, request_id: str | None = None) -> dict:
+    error = {"code": code, "message": message, "param": param}
+    if request_id is not None:
+        error["request_id"] = request_id
+    return {"error": error}
+
+
+def request_id_of(request: Request) -> str:
+    """The id that ties a response to its log lines (set by the ingress middleware)."""
+    return getattr(request.state, "request_id", None) or uuid.uuid4().hex
+
+
+async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    request_id = request_id_of(request)
+    return JSONResponse(
+        error_body(exc.code, exc.message, exc.param, request_id if exc.status_code >= 500 else None),
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # FastAPI's own 422 (query or path parameters) becomes our 400 with the field in `param`.
+    first = exc.errors()[0]
+    param = str(first["loc"][-1]) if first.get("loc") else None
+    message = f"{param}: {first['msg']}" if param else first["msg"]
+    return JSONResponse(error_body("invalid_request", message, param), status_code=400)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse(
+        error_body(code, str(exc.detail)), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    request_id = request_id_of(request)
+    logger.error("request %s failed", request_id, exc_info=exc)
+    return JSONResponse(
+        error_body("internal_error", f"Internal server error (request id {request_id}).", None, request_id),
+        status_code=500,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error, expected or not, in the API's JSON error shape."""
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,106 @@
+"""The generator deployment: one replica per GPU holds the pipeline and runs one generation at
+a time, in a worker thread so that the replica's event loop keeps answering health checks."""
+
+import asyncio
+import io
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from PIL import Image
+
+from serve_app.config import AppArgs
+from serve_app.model import LoadedModel, load_model, resolve_device
+from serve_app.schemas import GenerationRequest, GenerationResult, StageTimings
+from serve_app.video import encode_mp4
+
+logger = logging.getLogger(__name__)
+
+# Wan2.2 was trained with prompts of up to 512 tokens.
+MAX_SEQUENCE_LENGTH = 512
+
+
+class Generator:
+    """Loads the model once in its constructor; `generate` turns a request into an MP4."""
+
+    def __init__(self, args: AppArgs) -> None:
+        self._model: LoadedModel = load_model(args.model, resolve_device(args.device), args.cache_dir)
+        # One thread: a replica never runs two generations at once, whatever its config says.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wan-generate")
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker, self.run, request)
+
+    def check_health(self) -> None:
+        """Called by Ray Serve; raising marks the replica unhealthy and has it replaced."""
+        if self._model.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("the replica's GPU is gone")
+
+    @torch.inference_mode()
+    def run(self, request: GenerationRequest) -> GenerationResult:
+        """Generate one video, stage by stage, timing each stage."""
+        model = self._model
+        pipe = model.i2v if request.image_png is not None else model.t2v
+        generator = torch.Generator(device=model.device).manual_seed(request.seed)
+        use_cfg = request.guidance_scale > 1.0
+
+        # 1. Text encoding (the negative prompt only matters with guidance).
+        started = time.perf_counter()
+        prompt_embeds, negative_embeds = pipe.encode_prompt(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            do_classifier_free_guidance=use_cfg,
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
+            device=model.device,
+        )
+        encoded = time.perf_counter()
+
+        # 2. Denoising, stopping at latents so that decoding is ours to time and to keep compact.
+        image_kwargs = {}
+        if request.image_png is not None:
+            image_kwargs["image"] = Image.open(io.BytesIO(request.image_png)).convert("RGB")
+        latents = pipe(
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_embeds,
+            height=request.height,
+            width=request.width,
+            num_frames=request.num_frames,
+            num_inference_steps=request.num_inference_steps,
+            guidance_scale=request.guidance_scale,
+            generator=generator,
+            output_type="latent",
+            return_dict=False,
+            **image_kwargs,
+        )[0]
+        denoised = time.perf_counter()
+
+        # 3. VAE decoding, to uint8 on the device: the host never holds a float copy of the video.
+        frames = self._decode(latents)
+        decoded = time.perf_counter()
+
+        # 4. MP4 encoding.
+        video = encode_mp4(frames, request.fps)
+        finished = time.perf_counter()
+
+        timings = StageTimings(
+            text_encoding_s=round(encoded - started, 4),
+            denoising_s=round(denoised - encoded, 4),
+            decoding_s=round(decoded - denoised, 4),
+            encoding_s=round(finished - decoded, 4),
+        )
+        logger.info("generated %dx%dx%d in %.2f s", request.width, request.height, request.num_frames,
+                    finished - started)
+        return GenerationResult(video_mp4=video, model=model.name, timings=timings)
+
+    def _decode(self, latents: torch.Tensor) -> np.ndarray:
+        vae = self._model.t2v.vae
+        shape = (1, vae.config.z_dim, 1, 1, 1)
+        mean = torch.tensor(vae.config.latents_mean, device=latents.device, dtype=vae.dtype).view(shape)
+        std = torch.tensor(vae.config.latents_std, device=latents.device, dtype=vae.dtype).view(shape)
+        video = vae.decode(latents.to(vae.dtype) * std + mean, return_dict=False)[0]
+        # (1, 3, frames, height, width) in [-1, 1] -> (frames, height, width, 3) uint8, in place.
+        video = video[0].clamp_(-1, 1).add_(1).mul_(127.5).round_().to(torch.uint8)
+        return video.permute(1, 2, 3, 0).contiguous().cpu().numpy()

@@ -1,0 +1,185 @@
+"""The reference image of a text+image-to-video request: decoded from base64 or fetched from a
+URL that must be public (or allow-listed), then resized to cover the video and centre-cropped."""
+
+import asyncio
+import base64
+import binascii
+import io
+import ipaddress
+import re
+import socket
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from serve_app.errors import InvalidRequest, PayloadTooLarge
+from serve_app.schemas import VideoRequest
+
+_DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.IGNORECASE)
+_FORMATS = ["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"]
+_MAX_REDIRECTS = 3
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """Limits on reference images, from the app arguments."""
+
+    max_bytes: int
+    max_pixels: int
+    fetch_timeout_s: float
+    allowlist: tuple[str, ...] = ()
+
+
+def decode_base64(data: str, max_bytes: int) -> bytes:
+    """The bytes of `image_base64`: raw base64 or a data URL."""
+    payload = _DATA_URL.sub("", data.strip(), count=1)
+    payload = "".join(payload.split())
+    if len(payload) * 3 // 4 > max_bytes:
+        raise PayloadTooLarge(f"image_base64 is over the {max_bytes} byte limit.", param="image_base64")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("image_base64 is not valid base64.", param="image_base64") from None
+
+
+def prepare_image(data: bytes, width: int, height: int, policy: ImagePolicy, param: str) -> bytes:
+    """Decode, check and crop an image to exactly `width` x `height`; PNG bytes of the result.
+
+    Pillow would stretch an image of another aspect ratio; we cover and centre-crop instead.
+    CPU work: call it from a worker thread.
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=_FORMATS) as image:
+            # Header-only so far: refuse a decompression bomb before decoding any pixel.
+            if image.width * image.height > policy.max_pixels:
+                raise PayloadTooLarge(
+                    f"The image is {image.width}x{image.height}, over the {policy.max_pixels} pixel limit.",
+                    param=param,
+                )
+            rgb = ImageOps.exif_transpose(image).convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise InvalidRequest(
+            "The image could not be decoded (PNG, JPEG, WebP, GIF, BMP or TIFF expected).", param=param
+        ) from None
+    fitted = ImageOps.fit(rgb, (width, height), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+    out = io.BytesIO()
+    fitted.save(out, format="PNG")
+    return out.getvalue()
+
+
+class ImageLoader:
+    """Gets a request's reference image, downloading `image_url` without letting a request reach
+    the service's own network: every hop (the URL and each redirect) is resolved, every address
+    checked, and the connection made to the checked address itself, so DNS cannot answer
+    differently the second time.
+    """
+
+    def __init__(self, policy: ImagePolicy) -> None:
+        self._policy = policy
+        networks, hosts = [], set()
+        for entry in policy.allowlist:
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                hosts.add(entry.lower())
+        self._allowed_networks = networks
+        self._allowed_hosts = hosts
+
+    async def load(self, request: VideoRequest) -> bytes | None:
+        """The request's image as PNG bytes of exactly its width x height, or None for t2v."""
+        if request.image_base64 is not None:
+            data, param = decode_base64(request.image_base64, self._policy.max_bytes), "image_base64"
+        elif request.image_url is not None:
+            data, param = await self.fetch(request.image_url), "image_url"
+        else:
+            return None
+        return await asyncio.to_thread(prepare_image, data, request.width, request.height, self._policy, param)
+
+    async def fetch(self, url: str) -> bytes:
+        try:
+            async with asyncio.timeout(self._policy.fetch_timeout_s):
+                return await self._follow(url)
+        except TimeoutError:
+            raise InvalidRequest(
+                f"image_url took longer than {self._policy.fetch_timeout_s:g} s to download.", param="image_url"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise InvalidRequest(
+                f"image_url could not be downloaded ({type(exc).__name__}).", param="image_url"
+            ) from None
+
+    async def _follow(self, url: str) -> bytes:
+        async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
+            for _ in range(_MAX_REDIRECTS + 1):
+                host, address = await self._checked_address(url)
+                request = _pinned_request(client, url, host, address)
+                response = await client.send(request, stream=True)
+                try:
+                    if response.is_redirect:
+                        url = urljoin(url, response.headers["location"])
+                        continue
+                    if response.status_code != 200:
+                        raise InvalidRequest(
+                            f"image_url answered HTTP {response.status_code}.", param="image_url"
+                        )
+                    return await self._read_capped(response)
+                finally:
+                    await response.aclose()
+        raise InvalidRequest(f"image_url redirected more than {_MAX_REDIRECTS} times.", param="image_url")
+
+    async def _read_capped(self, response: httpx.Response) -> bytes:
+        limit = self._policy.max_bytes
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"The image at image_url is over the {limit} byte limit.", param="image_url")
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > limit:
+                raise PayloadTooLarge(f"The image at image_url is over the {limit} byte limit.", param="image_url")
+        return bytes(body)
+
+    async def _checked_address(self, url: str) -> tuple[str, IpAddress]:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidRequest("image_url must be an http or https URL.", param="image_url")
+        host = parts.hostname.lower()
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror:
+            raise InvalidRequest(f"image_url host {host!r} does not resolve.", param="image_url") from None
+        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+        # All answers must pass: a name that mixes public and private addresses is refused.
+        for address in addresses:
+            if not self._allowed(host, address):
+                raise InvalidRequest(
+                    f"image_url points to a non-public address ({address}); refused.", param="image_url"
+                )
+        return host, addresses[0]
+
+    def _allowed(self, host: str, address: IpAddress) -> bool:
+        if host in self._allowed_hosts or any(address in net for net in self._allowed_networks):
+            return True
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return address.is_global and not address.is_multicast
+
+
+def _pinned_request(client: httpx.AsyncClient, url: str, host: str, address: IpAddress) -> httpx.Request:
+    """A request to `url` that connects to `address`, with the original Host header and TLS name."""
+    parts = urlsplit(url)
+    netloc = f"[{address}]" if address.version == 6 else str(address)
+    if parts.port:
+        netloc += f":{parts.port}"
+    pinned = parts._replace(netloc=netloc).geturl()
+    host_header = host if not parts.port else f"{host}:{parts.port}"
+    return client.build_request(
+        "GET",
+        pinned,
+        headers={"Host": host_header, "Accept": "image/*"},
+        extensions={"sni_hostname": host},
+    )

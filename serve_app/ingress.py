@@ -1,0 +1,88 @@
+"""The ingress deployment: authenticates and validates every request, then hands it to the
+generator. It holds no model code and imports no torch."""
+
+import asyncio
+import logging
+import uuid
+
+from fastapi import FastAPI, Request
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.auth import ApiKeys
+from serve_app.config import AppArgs
+from serve_app.errors import install_error_handlers
+from serve_app.images import ImageLoader, ImagePolicy
+from serve_app.routes import IngressState, health_router, predict_router
+
+logger = logging.getLogger(__name__)
+
+INGRESS_DEPLOYMENT = "Ingress"
+GENERATOR_DEPLOYMENT = "Generator"
+
+
+class Ingress:
+    """A plain class; `serve_app.app` makes it a deployment with its FastAPI app."""
+
+    def __init__(self, generator: DeploymentHandle, args: AppArgs) -> None:
+        self._generator = generator
+        self._args = args
+        self._api_keys = load_api_keys(args)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """Called by Ray Serve on the replica, after the constructor."""
+        policy = ImagePolicy(
+            max_bytes=int(self._args.max_image_mb * 2**20),
+            max_pixels=self._args.max_image_pixels,
+            fetch_timeout_s=self._args.image_fetch_timeout_s,
+            allowlist=tuple(self._args.image_url_allowlist),
+        )
+        state = IngressState(
+            args=self._args, generator=self._generator, images=ImageLoader(policy), is_ready=self.generator_ready
+        )
+        return create_api(state, self._api_keys)
+
+    async def generator_ready(self) -> bool:
+        # Asking the controller, not a replica: a replica busy with a 10-minute job is still ready.
+        status = await asyncio.to_thread(serve.status)
+        app = status.applications.get(serve.get_replica_context().app_name)
+        deployment = app.deployments.get(GENERATOR_DEPLOYMENT) if app else None
+        return bool(deployment and deployment.replica_states.get("RUNNING", 0) > 0)
+
+
+def load_api_keys(args: AppArgs) -> ApiKeys | None:
+    """The configured keys; None when the operator explicitly disabled auth."""
+    keys = ApiKeys.from_environment()
+    if args.allow_unauthenticated:
+        logger.warning("Authentication is disabled (allow_unauthenticated): anyone who reaches this port can use it.")
+        return None
+    if not len(keys):
+        raise RuntimeError(
+            "No API keys configured: set WAN_API_KEYS (comma-separated) or WAN_API_KEYS_FILE (one key a "
+            "line), or set the app argument allow_unauthenticated: true for a private, local setup."
+        )
+    logger.info("Accepting %d API key(s).", len(keys))
+    return keys
+
+
+def create_api(state: IngressState, api_keys: ApiKeys | None) -> FastAPI:
+    """Assemble the FastAPI app: error shape, request ids, the routers."""
+    api = FastAPI(
+        title="Wan2.2 TI2V video generation",
+        description="Text-to-video and text+image-to-video with Wan2.2 TI2V-5B on Ray Serve.",
+        version="1.0.0",
+    )
+    api.state.ingress = state
+    api.state.api_keys = api_keys
+    install_error_handlers(api)
+
+    @api.middleware("http")
+    async def request_id(request: Request, call_next):
+        request.state.request_id = uuid.uuid4().hex
+        response = await call_next(request)
+        response.headers["X-Request-ID"] = request.state.request_id
+        return response
+
+    api.include_router(health_router)
+    api.include_router(predict_router)
+    return api

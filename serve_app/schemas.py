@@ -1,0 +1,156 @@
+"""Pydantic models at the service's boundaries: the HTTP request and response, and the
+request a generator replica receives."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+# The Wan2.2 authors' default negative prompt (sample_neg_prompt of the Wan2.2 repo's shared
+# config). diffusers does not apply it, so we do when the request omits `negative_prompt`.
+DEFAULT_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+    "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，"
+    "形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+SIZE_MULTIPLE = 32  # the VAE compresses 16x and the transformer patches 2x
+MAX_SEED = 2**63 - 1
+
+
+class VideoRequest(BaseModel):
+    """The body of `POST /predict` (and of a job): the hosted API's fields, defaults and ranges."""
+
+    # Strict: "704" is not 704. Unknown fields are refused so a typo never silently becomes a default.
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=10_000, description="Text describing the video.")
+    negative_prompt: str | None = Field(
+        None,
+        max_length=10_000,
+        description="What the video should not contain. Omitted or null: the Wan2.2 authors' "
+        "default negative prompt; an explicit empty string: none.",
+    )
+    height: int = Field(704, ge=32, le=2048, description="Video height, a multiple of 32.")
+    width: int = Field(1280, ge=32, le=2048, description="Video width, a multiple of 32.")
+    num_frames: int = Field(121, ge=25, le=121, description="Frame count, of the form 4n+1.")
+    num_inference_steps: int = Field(50, ge=1, le=100, description="Denoising steps.")
+    guidance_scale: float = Field(5.0, ge=1.0, le=20.0, description="Classifier-free guidance strength.")
+    fps: int = Field(24, ge=1, le=60, description="Frame rate of the output video.")
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="Random seed; omitted: drawn and reported in details.seed."
+    )
+    image_url: str | None = Field(
+        None, min_length=1, max_length=4096, description="http(s) URL of the first frame (text+image to video)."
+    )
+    image_base64: str | None = Field(
+        None, min_length=1, description="The first frame as base64 or a data:image/...;base64, URL."
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_has_text(cls, prompt: str) -> str:
+        if not prompt.strip():
+            raise PydanticCustomError("blank_prompt", "prompt must contain text")
+        return prompt
+
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_32(cls, value: int) -> int:
+        if value % SIZE_MULTIPLE:
+            below = value // SIZE_MULTIPLE * SIZE_MULTIPLE
+            nearest = [v for v in (below, below + SIZE_MULTIPLE) if 32 <= v <= 2048]
+            raise PydanticCustomError(
+                "size_multiple",
+                "must be a multiple of 32; nearest valid values: {nearest}",
+                {"nearest": " or ".join(map(str, nearest))},
+            )
+        return value
+
+    @field_validator("num_frames")
+    @classmethod
+    def _four_n_plus_one(cls, value: int) -> int:
+        if value % 4 != 1:
+            below = (value - 1) // 4 * 4 + 1
+            nearest = [v for v in (below, below + 4) if 25 <= v <= 121]
+            raise PydanticCustomError(
+                "frame_count",
+                "must be of the form 4n+1 (25, 29, ..., 121); nearest valid values: {nearest}",
+                {"nearest": " or ".join(map(str, nearest))},
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_image_at_most(self) -> "VideoRequest":
+        if self.image_url is not None and self.image_base64 is not None:
+            raise PydanticCustomError("two_images", "give at most one of image_url and image_base64")
+        return self
+
+    @property
+    def mode(self) -> Literal["t2v", "ti2v"]:
+        return "t2v" if self.image_url is None and self.image_base64 is None else "ti2v"
+
+
+class StageTimings(BaseModel):
+    """Seconds spent in each stage of one generation."""
+
+    text_encoding_s: float
+    denoising_s: float
+    decoding_s: float
+    encoding_s: float
+
+
+class GenerationRequest(BaseModel):
+    """What a generator replica needs: every parameter resolved, the image already prepared."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt: str
+    negative_prompt: str
+    height: int
+    width: int
+    num_frames: int
+    num_inference_steps: int
+    guidance_scale: float
+    fps: int
+    seed: int
+    image_png: bytes | None = Field(None, description="First frame, already `width` x `height`.")
+
+
+class GenerationResult(BaseModel):
+    video_mp4: bytes
+    model: str
+    timings: StageTimings
+
+
+class VideoDetails(BaseModel):
+    """Every effective parameter of a generation, so that it can be reproduced."""
+
+    prompt: str
+    negative_prompt: str
+    height: int
+    width: int
+    num_frames: int
+    num_inference_steps: int
+    guidance_scale: float
+    fps: int
+    seed: int
+    mode: Literal["t2v", "ti2v"]
+    image_url: str | None = None
+    model: str | None = None
+    timings: StageTimings | None = None
+
+
+class PredictResponse(BaseModel):
+    video_base64: str = Field(description="The MP4 (H.264, yuv420p, +faststart), base64-encoded.")
+    details: VideoDetails
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+    request_id: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
