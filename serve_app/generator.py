@@ -91,8 +91,9 @@ class Generator:
             decoding_s=round(decoded - denoised, 4),
             encoding_s=round(finished - decoded, 4),
         )
-        logger.info("generated %dx%dx%d in %.2f s", request.width, request.height, request.num_frames,
-                    finished - started)
+        logger.info(
+            "generated %dx%dx%d in %.2f s", request.width, request.height, request.num_frames, finished - started
+        )
         return GenerationResult(video_mp4=video, model=model.name, timings=timings)
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:

@@ -122,9 +122,7 @@ class ImageLoader:
                         url = urljoin(url, response.headers["location"])
                         continue
                     if response.status_code != 200:
-                        raise InvalidRequest(
-                            f"image_url answered HTTP {response.status_code}.", param="image_url"
-                        )
+                        raise InvalidRequest(f"image_url answered HTTP {response.status_code}.", param="image_url")
                     return await self._read_capped(response)
                 finally:
                     await response.aclose()

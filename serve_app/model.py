@@ -59,9 +59,7 @@ def load_model(model: str, device: torch.device, cache_dir: Path) -> LoadedModel
         vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", dtype=torch.float32)
         t2v = WanPipeline.from_pretrained(source, vae=vae, dtype=dtype)
     except Exception as exc:
-        raise ModelLoadError(
-            f"Could not load the Wan2.2 checkpoint {model!r}: {exc} {_WHAT_TO_DO}"
-        ) from exc
+        raise ModelLoadError(f"Could not load the Wan2.2 checkpoint {model!r}: {exc} {_WHAT_TO_DO}") from exc
     if not t2v.config.get("expand_timesteps"):
         raise ModelLoadError(
             f"{model!r} is not a Wan2.2 TI2V checkpoint (its model_index.json does not set "

@@ -137,7 +137,5 @@ def service(ray_cluster: None, image_server: str, tmp_path_factory: pytest.TempP
 
 @pytest.fixture(scope="session")
 def client(service: str) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=service, headers={"Authorization": f"Bearer {API_KEYS[0]}"}, timeout=120
-    ) as http:
+    with httpx.Client(base_url=service, headers={"Authorization": f"Bearer {API_KEYS[0]}"}, timeout=120) as http:
         yield http

@@ -40,7 +40,9 @@ def test_401_comes_before_validation(service):
 def test_every_configured_key_is_accepted(service):
     for key in API_KEYS:
         response = httpx.post(
-            f"{service}/predict", json={"prompt": "a", **SMALL}, headers={"Authorization": f"bearer {key}"},
+            f"{service}/predict",
+            json={"prompt": "a", **SMALL},
+            headers={"Authorization": f"bearer {key}"},
             timeout=120,
         )
         assert response.status_code == 200

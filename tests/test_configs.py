@@ -77,12 +77,14 @@ def test_the_checker_catches_a_typo():
     generator["autoscaling_config"]["upscale_delay"] = 5
     config["applications"][0]["args"]["modle"] = "x"
     config["http_options"]["request_timeout"] = 5
-    assert sorted(unknown_keys(config)) == sorted([
-        "applications[wan].deployments[Generator].max_ongoing_request",
-        "applications[wan].deployments[Generator].autoscaling_config.upscale_delay",
-        "applications[wan].args.modle",
-        "http_options.request_timeout",
-    ])
+    assert sorted(unknown_keys(config)) == sorted(
+        [
+            "applications[wan].deployments[Generator].max_ongoing_request",
+            "applications[wan].deployments[Generator].autoscaling_config.upscale_delay",
+            "applications[wan].args.modle",
+            "http_options.request_timeout",
+        ]
+    )
 
 
 def test_production_config_serves_the_real_model_one_gpu_per_replica():

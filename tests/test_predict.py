@@ -29,7 +29,12 @@ def test_text_to_video_returns_the_requested_mp4(client):
     assert details["mode"] == "t2v"
     assert details["model"] == "tiny"
     assert {k: details[k] for k in ("height", "width", "num_frames", "num_inference_steps", "fps", "seed")} == {
-        "height": 64, "width": 96, "num_frames": 29, "num_inference_steps": 2, "fps": 12, "seed": 7,
+        "height": 64,
+        "width": 96,
+        "num_frames": 29,
+        "num_inference_steps": 2,
+        "fps": 12,
+        "seed": 7,
     }
     assert details["guidance_scale"] == 5.0
     assert set(details["timings"]) == {"text_encoding_s", "denoising_s", "decoding_s", "encoding_s"}
