@@ -2,6 +2,7 @@
 a time, in a worker thread so that the replica's event loop keeps answering health checks."""
 
 import asyncio
+import contextvars
 import io
 import logging
 import time
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 
 from serve_app.config import AppArgs
+from serve_app.logs import use_serve_log_handlers
 from serve_app.model import LoadedModel, load_model, resolve_device
 from serve_app.schemas import GenerationRequest, GenerationResult, StageTimings
 from serve_app.video import encode_mp4
@@ -26,13 +28,16 @@ class Generator:
     """Loads the model once in its constructor; `generate` turns a request into an MP4."""
 
     def __init__(self, args: AppArgs) -> None:
+        use_serve_log_handlers()
         self._model: LoadedModel = load_model(args.model, resolve_device(args.device), args.cache_dir)
         # One thread: a replica never runs two generations at once, whatever its config says.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wan-generate")
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._worker, self.run, request)
+        # Copy the context so that log lines from the worker thread carry Serve's request id.
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(self._worker, context.run, self.run, request)
 
     def check_health(self) -> None:
         """Called by Ray Serve; raising marks the replica unhealthy and has it replaced."""

@@ -7,12 +7,14 @@ import uuid
 
 from fastapi import FastAPI, Request
 from ray import serve
+from ray.serve.context import _get_serve_request_context
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.auth import ApiKeys
 from serve_app.config import AppArgs
 from serve_app.errors import install_error_handlers
 from serve_app.images import ImageLoader, ImagePolicy
+from serve_app.logs import use_serve_log_handlers
 from serve_app.routes import IngressState, health_router, predict_router
 
 logger = logging.getLogger(__name__)
@@ -25,6 +27,7 @@ class Ingress:
     """A plain class; `serve_app.app` makes it a deployment with its FastAPI app."""
 
     def __init__(self, generator: DeploymentHandle, args: AppArgs) -> None:
+        use_serve_log_handlers()
         self._generator = generator
         self._args = args
         self._api_keys = load_api_keys(args)
@@ -78,9 +81,13 @@ def create_api(state: IngressState, api_keys: ApiKeys | None) -> FastAPI:
 
     @api.middleware("http")
     async def request_id(request: Request, call_next):
-        request.state.request_id = uuid.uuid4().hex
+        # Ray's proxy gives every request an id, logs it and returns it as X-Request-ID: use the
+        # same one in our error bodies and log lines. Outside Ray (unit tests) make one.
+        ray_id = _get_serve_request_context().request_id
+        request.state.request_id = ray_id or uuid.uuid4().hex
         response = await call_next(request)
-        response.headers["X-Request-ID"] = request.state.request_id
+        if not ray_id:
+            response.headers["X-Request-ID"] = request.state.request_id
         return response
 
     api.include_router(health_router)

@@ -100,7 +100,9 @@ def test_guidance_one_runs_without_the_negative_pass(client):
 def test_operational_routes_are_open_and_documented(service):
     import httpx
 
-    assert httpx.get(f"{service}/healthz").json() == {"status": "ok"}
+    health = httpx.get(f"{service}/healthz")
+    assert health.json() == {"status": "ok"}
+    assert len(health.headers.get_list("x-request-id")) == 1
     assert httpx.get(f"{service}/readyz").json() == {"status": "ready", "model": "tiny"}
     spec = httpx.get(f"{service}/openapi.json").json()
     assert "/predict" in spec["paths"]
