@@ -13,7 +13,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.auth import require_api_key
 from serve_app.config import AppArgs
-from serve_app.errors import GenerationFailed, ServiceError, error_body, request_id_of
+from serve_app.errors import GenerationFailed, error_body, request_id_of
 from serve_app.images import ImageLoader
 from serve_app.schemas import (
     DEFAULT_NEGATIVE_PROMPT,
@@ -75,8 +75,6 @@ async def predict(request: Request, state: State) -> PredictResponse:
     generation = await resolve(video_request, state.images)
     try:
         result = await state.generator.generate.remote(generation)
-    except ServiceError:
-        raise
     except Exception as exc:
         request_id = request_id_of(request)
         logger.error("request %s: generation failed", request_id, exc_info=exc)
