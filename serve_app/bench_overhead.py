@@ -15,7 +15,6 @@ from pathlib import Path
 import httpx
 
 THREADS = "2"
-os.environ.setdefault("OMP_NUM_THREADS", THREADS)  # same torch threads here and in the replica
 
 
 def main() -> None:
@@ -27,6 +26,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     opts = parser.parse_args()
 
+    # Same torch threads here and in the replica; set before torch is imported.
+    os.environ.setdefault("OMP_NUM_THREADS", THREADS)
     import ray
     import torch
     from ray import serve

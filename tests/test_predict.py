@@ -92,8 +92,11 @@ def test_text_and_image_to_video_from_an_allow_listed_url(client, image_server):
 
 
 def test_guidance_one_runs_without_the_negative_pass(client):
+    # Without guidance the negative prompt is never encoded, so it cannot change the video.
     video, details = predict(client, guidance_scale=1.0, seed=9, **SMALL)
+    other_negative, _ = predict(client, guidance_scale=1.0, seed=9, negative_prompt="", **SMALL)
     assert details["guidance_scale"] == 1.0
+    assert video == other_negative
     assert probe_mp4(video)["frames"] == 25
 
 
