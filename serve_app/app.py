@@ -1,12 +1,13 @@
-"""The Ray Serve application: `serve_app.app:build_app` binds the ingress to the generator.
-This is the only place where classes become deployments."""
+"""The Ray Serve application: `serve_app.app:build_app` binds the ingress to the jobs deployment
+and that to the generator. This is the only place where classes become deployments."""
 
 from ray import serve
 from ray.serve import Application
 
 from serve_app.config import AppArgs
 from serve_app.generator import Generator
-from serve_app.ingress import GENERATOR_DEPLOYMENT, INGRESS_DEPLOYMENT, Ingress
+from serve_app.ingress import GENERATOR_DEPLOYMENT, INGRESS_DEPLOYMENT, JOBS_DEPLOYMENT, Ingress
+from serve_app.jobs import Jobs
 
 
 def build_app(args: AppArgs) -> Application:
@@ -21,5 +22,14 @@ def build_app(args: AppArgs) -> Application:
         ray_actor_options={"num_gpus": 0 if args.device == "cpu" else 1},
         max_constructor_retry_count=args.max_constructor_retries,
     )
+    jobs = serve.deployment(
+        Jobs,
+        name=JOBS_DEPLOYMENT,
+        # The single source of truth for job state and the one queue: never more than one replica.
+        num_replicas=1,
+        # Every follower of a job (SSE, a waiting /predict) holds one long-poll call here.
+        max_ongoing_requests=10_000,
+        ray_actor_options={"num_cpus": 0},
+    )
     ingress = serve.deployment(serve.ingress()(Ingress), name=INGRESS_DEPLOYMENT)
-    return ingress.bind(generator.bind(args), args)
+    return ingress.bind(jobs.bind(generator.bind(args), args), args)

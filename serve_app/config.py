@@ -42,11 +42,37 @@ class AppArgs(BaseModel):
     image_fetch_timeout_s: float = Field(
         15.0, gt=0, description="Time allowed for downloading an `image_url`, redirects included."
     )
-    image_url_allowlist: list[str] = Field(
+    url_allowlist: list[str] = Field(
         default_factory=list,
-        description="Host names or IP networks (CIDR) that `image_url` may reach although they are "
-        "not public, for example an internal image store. Empty: only public addresses.",
+        description="Host names or IP networks (CIDR) that `image_url` and `webhook_url` may reach although "
+        "they are not public, for example an internal image store. Empty: only public addresses.",
     )
     max_constructor_retries: int = Field(
         3, ge=1, description="How often Ray retries a generator replica whose model fails to load."
     )
+    data_dir: Path = Field(
+        Path.home() / ".local" / "share" / "wan-serve",
+        description="Folder of the jobs database (SQLite), and of the results unless `results_url` is "
+        "set. Keep it on a persistent volume: jobs and results survive restarts through it.",
+    )
+    results_url: str | None = Field(
+        None,
+        description="Where videos and thumbnails are written, as an fsspec URL or path: a folder that "
+        "every node mounts, or object storage such as `s3://bucket/prefix` (install `s3fs`). "
+        "Default: `data_dir/results`.",
+    )
+    retention_hours: float = Field(
+        24.0, gt=0, description="How long a finished job and its files are kept before they are deleted."
+    )
+    webhook_retry_delays_s: list[float] = Field(
+        [1, 5, 30, 120, 600],
+        description="Waits between webhook attempts when the receiver fails: one retry per entry.",
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Time allowed for one webhook attempt.")
+    sse_keepalive_s: float = Field(
+        15.0, gt=0, description="Idle time after which `/v1/videos/{id}/events` sends a keep-alive comment."
+    )
+
+    @property
+    def results_location(self) -> str:
+        return self.results_url or str(self.data_dir / "results")

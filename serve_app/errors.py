@@ -46,9 +46,27 @@ class Unauthorized(ServiceError):
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
+class NotFound(ServiceError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ServiceError):
+    status_code = 409
+    code = "conflict"
+
+
 class PayloadTooLarge(ServiceError):
     status_code = 413
     code = "payload_too_large"
+
+
+class RangeNotSatisfiable(ServiceError):
+    status_code = 416
+    code = "range_not_satisfiable"
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"The Range is outside the file's {size} bytes.", headers={"Content-Range": f"bytes */{size}"})
 
 
 class GenerationFailed(ServiceError):

@@ -1,11 +1,14 @@
 """The generator deployment: one replica per GPU holds the pipeline and runs one generation at
-a time, in a worker thread so that the replica's event loop keeps answering health checks."""
+a time, in a worker thread so that the replica's event loop keeps answering health checks. The
+pipeline's step callback reports progress and stops the job when it is cancelled."""
 
 import asyncio
 import contextvars
 import io
 import logging
+import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -15,13 +18,17 @@ from PIL import Image
 from serve_app.config import AppArgs
 from serve_app.logs import use_serve_log_handlers
 from serve_app.model import LoadedModel, load_model, resolve_device
-from serve_app.schemas import GenerationRequest, GenerationResult, StageTimings
-from serve_app.video import encode_mp4
+from serve_app.schemas import GenerationRequest, GenerationResult, Progress, StageTimings
+from serve_app.video import encode_jpeg, encode_mp4
 
 logger = logging.getLogger(__name__)
 
 # Wan2.2 was trained with prompts of up to 512 tokens.
 MAX_SEQUENCE_LENGTH = 512
+
+
+class GenerationCancelled(Exception):
+    """Raised in the worker thread, at the end of a denoising step, when the job was cancelled."""
 
 
 class Generator:
@@ -33,11 +40,36 @@ class Generator:
         # One thread: a replica never runs two generations at once, whatever its config says.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wan-generate")
 
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Progress | GenerationResult]:
+        """Streams `Progress` as the job advances, then the `GenerationResult`.
+
+        Called with `handle.options(stream=True)`. Cancelling the call stops the pipeline at the end
+        of its current step, and the call ends only once the worker thread is free again, so the
+        next job starts on a free replica.
+        """
         loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Progress | None] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def report(progress: Progress) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, progress)
+
         # Copy the context so that log lines from the worker thread carry Serve's request id.
         context = contextvars.copy_context()
-        return await loop.run_in_executor(self._worker, context.run, self.run, request)
+        work = loop.run_in_executor(self._worker, context.run, self.run, request, report, cancel)
+        # Queued after every `report` of the thread, so it comes last.
+        work.add_done_callback(lambda _: events.put_nowait(None))
+        try:
+            while (progress := await events.get()) is not None:
+                yield progress
+            yield work.result()
+        except asyncio.CancelledError:
+            cancel.set()
+            await asyncio.wait([work])
+            logger.info("generation cancelled")
+            raise
+        finally:
+            cancel.set()
 
     def check_health(self) -> None:
         """Called by Ray Serve; raising marks the replica unhealthy and has it replaced."""
@@ -45,12 +77,30 @@ class Generator:
             raise RuntimeError("the replica's GPU is gone")
 
     @torch.inference_mode()
-    def run(self, request: GenerationRequest) -> GenerationResult:
-        """Generate one video, stage by stage, timing each stage."""
+    def run(
+        self,
+        request: GenerationRequest,
+        report: Callable[[Progress], None] = lambda _: None,
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult:
+        """Generate one video, stage by stage, timing each stage.
+
+        `report` receives the progress of denoising; setting `cancel` stops the job at the end of
+        the current step (diffusers' own `interrupt` would skip the steps left but still decode).
+        """
+        cancel = cancel or threading.Event()
+
+        def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+            if cancel.is_set():
+                raise GenerationCancelled
+            report(Progress(step=step + 1, total=pipe.num_timesteps))
+            return callback_kwargs
+
         model = self._model
         pipe = model.i2v if request.image_png is not None else model.t2v
         generator = torch.Generator(device=model.device).manual_seed(request.seed)
         use_cfg = request.guidance_scale > 1.0
+        report(Progress(step=0, total=request.num_inference_steps))
 
         # 1. Text encoding (the negative prompt only matters with guidance).
         started = time.perf_counter()
@@ -78,9 +128,12 @@ class Generator:
             generator=generator,
             output_type="latent",
             return_dict=False,
+            callback_on_step_end=on_step_end,
             **image_kwargs,
         )[0]
         denoised = time.perf_counter()
+        if cancel.is_set():
+            raise GenerationCancelled
 
         # 3. VAE decoding, to uint8 on the device: the host never holds a float copy of the video.
         frames = self._decode(latents)
@@ -99,7 +152,9 @@ class Generator:
         logger.info(
             "generated %dx%dx%d in %.2f s", request.width, request.height, request.num_frames, finished - started
         )
-        return GenerationResult(video_mp4=video, model=model.name, timings=timings)
+        return GenerationResult(
+            video_mp4=video, thumbnail_jpeg=encode_jpeg(frames[0]), model=model.name, timings=timings
+        )
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
         vae = self._model.t2v.vae

@@ -5,22 +5,20 @@ import asyncio
 import base64
 import binascii
 import io
-import ipaddress
 import re
-import socket
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from serve_app.errors import InvalidRequest, PayloadTooLarge
+from serve_app.outbound import OutboundPolicy, pinned_request
 from serve_app.schemas import VideoRequest
 
 _DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.IGNORECASE)
 _FORMATS = ["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"]
 _MAX_REDIRECTS = 3
-IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
@@ -71,22 +69,12 @@ def prepare_image(data: bytes, width: int, height: int, policy: ImagePolicy, par
 
 
 class ImageLoader:
-    """Gets a request's reference image, downloading `image_url` without letting a request reach
-    the service's own network: every hop (the URL and each redirect) is resolved, every address
-    checked, and the connection made to the checked address itself, so DNS cannot answer
-    differently the second time.
-    """
+    """Gets a request's reference image; `image_url` is downloaded through `OutboundPolicy`'s
+    checks, at every redirect."""
 
     def __init__(self, policy: ImagePolicy) -> None:
         self._policy = policy
-        networks, hosts = [], set()
-        for entry in policy.allowlist:
-            try:
-                networks.append(ipaddress.ip_network(entry, strict=False))
-            except ValueError:
-                hosts.add(entry.lower())
-        self._allowed_networks = networks
-        self._allowed_hosts = hosts
+        self._outbound = OutboundPolicy(policy.allowlist)
 
     async def load(self, request: VideoRequest) -> bytes | None:
         """The request's image as PNG bytes of exactly its width x height, or None for t2v."""
@@ -114,8 +102,8 @@ class ImageLoader:
     async def _follow(self, url: str) -> bytes:
         async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
             for _ in range(_MAX_REDIRECTS + 1):
-                host, address = await self._checked_address(url)
-                request = _pinned_request(client, url, host, address)
+                host, address = await self._outbound.check(url, "image_url")
+                request = pinned_request(client, "GET", url, host, address, headers={"Accept": "image/*"})
                 response = await client.send(request, stream=True)
                 try:
                     if response.is_redirect:
@@ -139,45 +127,3 @@ class ImageLoader:
             if len(body) > limit:
                 raise PayloadTooLarge(f"The image at image_url is over the {limit} byte limit.", param="image_url")
         return bytes(body)
-
-    async def _checked_address(self, url: str) -> tuple[str, IpAddress]:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidRequest("image_url must be an http or https URL.", param="image_url")
-        host = parts.hostname.lower()
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror:
-            raise InvalidRequest(f"image_url host {host!r} does not resolve.", param="image_url") from None
-        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
-        # All answers must pass: a name that mixes public and private addresses is refused.
-        for address in addresses:
-            if not self._allowed(host, address):
-                raise InvalidRequest(
-                    f"image_url points to a non-public address ({address}); refused.", param="image_url"
-                )
-        return host, addresses[0]
-
-    def _allowed(self, host: str, address: IpAddress) -> bool:
-        if host in self._allowed_hosts or any(address in net for net in self._allowed_networks):
-            return True
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return address.is_global and not address.is_multicast
-
-
-def _pinned_request(client: httpx.AsyncClient, url: str, host: str, address: IpAddress) -> httpx.Request:
-    """A request to `url` that connects to `address`, with the original Host header and TLS name."""
-    parts = urlsplit(url)
-    netloc = f"[{address}]" if address.version == 6 else str(address)
-    if parts.port:
-        netloc += f":{parts.port}"
-    pinned = parts._replace(netloc=netloc).geturl()
-    host_header = host if not parts.port else f"{host}:{parts.port}"
-    return client.build_request(
-        "GET",
-        pinned,
-        headers={"Host": host_header, "Accept": "image/*"},
-        extensions={"sni_hostname": host},
-    )

@@ -1,5 +1,5 @@
-"""The ingress deployment: authenticates and validates every request, then hands it to the
-generator. It holds no model code and imports no torch."""
+"""The ingress deployment: authenticates and validates every request, then hands it to the jobs
+deployment, which queues it for the generator. It holds no model code and imports no torch."""
 
 import asyncio
 import logging
@@ -12,23 +12,28 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.auth import ApiKeys
 from serve_app.config import AppArgs
+from serve_app.dependencies import IngressState
 from serve_app.errors import install_error_handlers
 from serve_app.images import ImageLoader, ImagePolicy
 from serve_app.logs import use_serve_log_handlers
-from serve_app.routes import IngressState, health_router, predict_router
+from serve_app.outbound import OutboundPolicy
+from serve_app.routes import health_router, predict_router
+from serve_app.storage import ResultStorage
+from serve_app.videos import videos_router
 
 logger = logging.getLogger(__name__)
 
 INGRESS_DEPLOYMENT = "Ingress"
+JOBS_DEPLOYMENT = "Jobs"
 GENERATOR_DEPLOYMENT = "Generator"
 
 
 class Ingress:
     """A plain class; `serve_app.app` makes it a deployment with its FastAPI app."""
 
-    def __init__(self, generator: DeploymentHandle, args: AppArgs) -> None:
+    def __init__(self, jobs: DeploymentHandle, args: AppArgs) -> None:
         use_serve_log_handlers()
-        self._generator = generator
+        self._jobs = jobs
         self._args = args
         self._api_keys = load_api_keys(args)
 
@@ -38,10 +43,15 @@ class Ingress:
             max_bytes=int(self._args.max_image_mb * 2**20),
             max_pixels=self._args.max_image_pixels,
             fetch_timeout_s=self._args.image_fetch_timeout_s,
-            allowlist=tuple(self._args.image_url_allowlist),
+            allowlist=tuple(self._args.url_allowlist),
         )
         state = IngressState(
-            args=self._args, generator=self._generator, images=ImageLoader(policy), is_ready=self.generator_ready
+            args=self._args,
+            jobs=self._jobs,
+            images=ImageLoader(policy),
+            outbound=OutboundPolicy(policy.allowlist),
+            storage=ResultStorage(self._args.results_location),
+            is_ready=self.generator_ready,
         )
         return create_api(state, self._api_keys)
 
@@ -92,4 +102,5 @@ def create_api(state: IngressState, api_keys: ApiKeys | None) -> FastAPI:
 
     api.include_router(health_router)
     api.include_router(predict_router)
+    api.include_router(videos_router)
     return api

@@ -1,7 +1,7 @@
-"""Pydantic models at the service's boundaries: the HTTP request and response, and the
-request a generator replica receives."""
+"""Pydantic models at the service's boundaries: the HTTP request and response, the job object,
+and what a generator replica receives and sends back."""
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -44,6 +44,12 @@ class VideoRequest(BaseModel):
     )
     image_base64: str | None = Field(
         None, min_length=1, description="The first frame as base64 or a data:image/...;base64, URL."
+    )
+    webhook_url: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="http(s) URL that receives a signed POST (Standard Webhooks) when the job completes or fails.",
     )
 
     @field_validator("prompt")
@@ -102,7 +108,8 @@ class StageTimings(BaseModel):
 class GenerationRequest(BaseModel):
     """What a generator replica needs: every parameter resolved, the image already prepared."""
 
-    model_config = ConfigDict(frozen=True)
+    # Stored as JSON while queued: bytes as base64.
+    model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
 
     prompt: str
     negative_prompt: str
@@ -116,10 +123,26 @@ class GenerationRequest(BaseModel):
     image_png: bytes | None = Field(None, description="First frame, already `width` x `height`.")
 
 
+class Progress(BaseModel):
+    """Sent by a generator replica when a job starts (step 0) and after each denoising step."""
+
+    step: int
+    total: int
+
+
 class GenerationResult(BaseModel):
+    """The last message of a generator replica for a job."""
+
     video_mp4: bytes
+    thumbnail_jpeg: bytes = Field(description="The first frame.")
     model: str
     timings: StageTimings
+
+
+class JobTimings(StageTimings):
+    """Seconds a job spent waiting for a replica, then in each stage of its generation."""
+
+    queued_s: float
 
 
 class VideoDetails(BaseModel):
@@ -137,12 +160,56 @@ class VideoDetails(BaseModel):
     mode: Literal["t2v", "ti2v"]
     image_url: str | None = None
     model: str | None = None
-    timings: StageTimings | None = None
+    timings: JobTimings | None = None
 
 
 class PredictResponse(BaseModel):
     video_base64: str = Field(description="The MP4 (H.264, yuv420p, +faststart), base64-encoded.")
     details: VideoDetails
+
+
+JobStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class Job(BaseModel):
+    """A video job, as `GET /v1/videos/{id}` returns it (the OpenAI video object, plus ours)."""
+
+    id: str
+    object: Literal["video"] = "video"
+    status: JobStatus
+    progress: int = Field(0, ge=0, le=100, description="From denoising steps; 100 only when completed.")
+    queue_position: int | None = Field(None, description="While queued: 1 means next to start.")
+    created_at: int = Field(description="Unix seconds.")
+    started_at: int | None = None
+    completed_at: int | None = Field(None, description="When the job ended, whatever its final status.")
+    expires_at: int | None = Field(None, description="When a finished job and its files are deleted.")
+    model: str
+    details: VideoDetails
+    error: JobError | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Job]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class JobDeleted(BaseModel):
+    id: str
+    object: Literal["video.deleted"] = "video.deleted"
+    deleted: bool = True
 
 
 class ErrorDetail(BaseModel):
@@ -154,3 +221,18 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error statuses, all in the error shape."""
+    return {status: {"model": ErrorResponse, "description": text} for status, text in descriptions.items()}
+
+
+# Bodies of POST /predict and /v1/videos are parsed by hand (after auth), so FastAPI cannot infer
+# their schema: declare it.
+VIDEO_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": VideoRequest.model_json_schema()}},
+    }
+}

@@ -1,10 +1,13 @@
-"""MP4 encoding: uint8 frames to H.264 with ffmpeg (the binary imageio-ffmpeg ships)."""
+"""Encoding: uint8 frames to H.264 MP4 with ffmpeg (the binary imageio-ffmpeg ships), and the
+first frame to a JPEG thumbnail."""
 
+import io
 import tempfile
 from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
+from PIL import Image
 
 
 def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
@@ -42,3 +45,10 @@ def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
             writer.send(np.ascontiguousarray(frame))
         writer.close()
         return path.read_bytes()
+
+
+def encode_jpeg(frame: np.ndarray) -> bytes:
+    """One uint8 RGB frame (height, width, 3) as a JPEG."""
+    out = io.BytesIO()
+    Image.fromarray(frame).save(out, format="JPEG", quality=90)
+    return out.getvalue()

@@ -1,6 +1,7 @@
 """Session fixtures: one real local Ray cluster serving `serve_config.local.yaml` (tiny model,
 CPU) on a free port, and a local image server for `image_url` tests."""
 
+import base64
 import io
 import os
 import socket
@@ -24,8 +25,11 @@ TEST_ARGS = {
     "max_image_mb": 1,
     "max_image_pixels": 4_000_000,
     "image_fetch_timeout_s": 3,
-    "image_url_allowlist": ["127.0.0.1"],
+    "url_allowlist": ["127.0.0.1"],
+    "sse_keepalive_s": 1,
+    "webhook_retry_delays_s": [0.5, 0.5],
 }
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"test webhook signing key").decode()
 SMALL = {"height": 64, "width": 64, "num_frames": 25, "num_inference_steps": 2}
 
 
@@ -106,6 +110,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     # Replicas inherit the environment of the processes Ray starts here.
     os.environ["WAN_API_KEYS"] = ",".join(API_KEYS)
     os.environ.pop("WAN_API_KEYS_FILE", None)
+    os.environ["WAN_WEBHOOK_SECRET"] = WEBHOOK_SECRET
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     serve.shutdown()
@@ -113,21 +118,32 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def service(ray_cluster: None, image_server: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Deploys serve_config.local.yaml the way `serve run` does, with test caps and a free port."""
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The service's jobs database and results."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def service_config(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """serve_config.local.yaml with test caps, temporary folders and a free port."""
+    config = yaml.safe_load((ROOT / "serve_config.local.yaml").read_text())
+    config["http_options"]["port"] = free_port()
+    config["applications"][0]["args"].update(
+        TEST_ARGS, cache_dir=str(tmp_path_factory.mktemp("cache")), data_dir=str(data_dir)
+    )
+    return config
+
+
+def deploy(config: dict) -> str:
+    """Deploy a config the way `serve run` does; its URL once it is ready."""
     from ray.serve._private import api as serve_private_api
     from ray.serve.schema import ServeDeploySchema
 
-    config = yaml.safe_load((ROOT / "serve_config.local.yaml").read_text())
-    port = free_port()
-    config["http_options"]["port"] = port
-    app = config["applications"][0]
-    app["args"].update(TEST_ARGS, cache_dir=str(tmp_path_factory.mktemp("cache")))
     # Private API, but it is exactly what `serve run CONFIG` calls (ray/serve/scripts.py).
     schema = ServeDeploySchema.model_validate(config)
     client = serve_private_api.serve_start(http_options=schema.http_options.model_dump())
     client.deploy_apps(schema, _blocking=True)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{config['http_options']['port']}"
     deadline = time.monotonic() + 120
     while httpx.get(f"{url}/readyz").status_code != 200:
         assert time.monotonic() < deadline, "the local config never became ready"
@@ -136,6 +152,37 @@ def service(ray_cluster: None, image_server: str, tmp_path_factory: pytest.TempP
 
 
 @pytest.fixture(scope="session")
+def service(ray_cluster: None, image_server: str, service_config: dict) -> str:
+    """The local config, deployed on the test cluster: its URL."""
+    return deploy(service_config)
+
+
+@pytest.fixture(scope="session")
 def client(service: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=service, headers={"Authorization": f"Bearer {API_KEYS[0]}"}, timeout=120) as http:
         yield http
+
+
+# A job that denoises for seconds (100 steps) and would decode for many more: long enough to be
+# cancelled, killed or queued behind while it runs.
+SLOW = {"height": 256, "width": 256, "num_frames": 121, "num_inference_steps": 100}
+
+
+def submit(client: httpx.Client, **body) -> dict:
+    response = client.post("/v1/videos", json={"prompt": "a lighthouse in a storm", **body})
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def wait_for(client: httpx.Client, job_id: str, until=lambda job: job["status"] in FINISHED, timeout: float = 180):
+    """Poll the job until `until(job)`; the job."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/v1/videos/{job_id}").json()
+        if until(job):
+            return job
+        assert time.monotonic() < deadline, f"job never got there: {job}"
+        time.sleep(0.1)
+
+
+FINISHED = {"completed", "failed", "cancelled"}

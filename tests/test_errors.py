@@ -1,65 +1,149 @@
-"""Failures the CPU cannot produce for real (a CUDA fault inside the pipeline): a one-behaviour
-fake generator stands in for the GPU replica so that the 500 path is exercised. The 500 carries
-a request id that is also in the log line with the traceback, and nothing internal leaks."""
+"""Failures the CPU cannot produce for real (a CUDA fault inside the pipeline): stand-ins for
+the GPU side exercise the failure paths. A failed generation reaches the client as a 500 that
+carries a request id, which is also in the log line with the traceback; nothing internal leaks."""
 
+import asyncio
 import logging
+import time
 
 from fastapi.testclient import TestClient
 
 from serve_app.auth import ApiKeys
 from serve_app.config import AppArgs
+from serve_app.dependencies import IngressState
 from serve_app.images import ImageLoader, ImagePolicy
 from serve_app.ingress import create_api
-from serve_app.routes import IngressState
+from serve_app.jobs import Jobs
+from serve_app.outbound import OutboundPolicy
+from serve_app.schemas import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, Job, JobError, Progress, VideoDetails
+from serve_app.storage import ResultStorage
 
 SECRET = "device-side assert at /opt/internal/kernels.cu:42"
+DETAILS = VideoDetails(
+    prompt="a",
+    negative_prompt=DEFAULT_NEGATIVE_PROMPT,
+    height=64,
+    width=64,
+    num_frames=25,
+    num_inference_steps=2,
+    guidance_scale=5.0,
+    fps=24,
+    seed=1,
+    mode="t2v",
+    model="tiny",
+)
 
 
-class _CrashingGenerate:
-    async def remote(self, request):
-        raise RuntimeError(f"CUDA error: {SECRET}")
+class _Call:
+    def __init__(self, result) -> None:
+        self._result = result
+
+    async def remote(self, *args, **kwargs):
+        return self._result
 
 
-class CrashingGenerator:
-    """Stands in for the generator deployment handle: every generation crashes."""
+class FailingJobs:
+    """Stands in for the jobs deployment handle: every job fails as a CUDA fault would make it."""
 
-    generate = _CrashingGenerate()
+    def __init__(self) -> None:
+        queued = Job(id="video_x", status="queued", created_at=int(time.time()), model="tiny", details=DETAILS)
+        error = JobError(code="generation_failed", message="Generation failed; the server log has the details.")
+        self.submit = _Call(queued)
+        self.watch = _Call(queued.model_copy(update={"status": "failed", "error": error}))
 
 
 async def _broken_readiness() -> bool:
     raise ConnectionError(f"controller unreachable: {SECRET}")
 
 
-def api_client() -> TestClient:
+def api_client(tmp_path) -> TestClient:
     state = IngressState(
         args=AppArgs(model="tiny"),
-        generator=CrashingGenerator(),
+        jobs=FailingJobs(),
         images=ImageLoader(ImagePolicy(max_bytes=2**20, max_pixels=10**6, fetch_timeout_s=1)),
+        outbound=OutboundPolicy(),
+        storage=ResultStorage(str(tmp_path)),
         is_ready=_broken_readiness,
     )
     return TestClient(create_api(state, ApiKeys(["k"])), raise_server_exceptions=False)
 
 
-def test_a_failed_generation_is_a_500_with_a_logged_request_id(caplog):
+def test_a_failed_generation_is_a_500_with_a_logged_request_id(caplog, tmp_path):
     with caplog.at_level(logging.ERROR):
-        response = api_client().post(
+        response = api_client(tmp_path).post(
             "/predict", json={"prompt": "a", "height": 64, "width": 64}, headers={"Authorization": "Bearer k"}
         )
     assert response.status_code == 500
     error = response.json()["error"]
     assert error["code"] == "generation_failed"
-    assert error["request_id"] in error["message"]
-    assert SECRET not in response.text and "Traceback" not in response.text
-    logged = [r for r in caplog.records if error["request_id"] in r.getMessage()]
-    assert logged and logged[0].exc_info is not None
-    assert SECRET in caplog.text
+    assert error["request_id"] in error["message"] and "video_x" in error["message"]
+    assert error["request_id"] in caplog.text
 
 
-def test_an_unexpected_error_is_a_generic_500_with_a_logged_request_id(caplog):
+def test_an_unexpected_error_is_a_generic_500_with_a_logged_request_id(caplog, tmp_path):
     with caplog.at_level(logging.ERROR):
-        response = api_client().get("/readyz")
+        response = api_client(tmp_path).get("/readyz")
     assert response.status_code == 500
     error = response.json()["error"]
     assert error["code"] == "internal_error"
     assert SECRET not in response.text
     assert error["request_id"] in caplog.text
+
+
+def test_a_webhook_needs_a_configured_secret(tmp_path, monkeypatch):
+    monkeypatch.delenv("WAN_WEBHOOK_SECRET", raising=False)
+    response = api_client(tmp_path).post(
+        "/v1/videos",
+        json={"prompt": "a", "webhook_url": "https://example.com/hook"},
+        headers={"Authorization": "Bearer k"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "webhook_url"
+    assert "WAN_WEBHOOK_SECRET" in response.json()["error"]["message"]
+
+
+class _CrashingStream:
+    """Stands in for a generator replica's stream: it starts, then the GPU faults."""
+
+    def __init__(self) -> None:
+        self._events = [Progress(step=0, total=2)]
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if self._events:
+            return self._events.pop()
+        raise RuntimeError(f"CUDA error: {SECRET}")
+
+    def cancel(self) -> None:
+        pass
+
+
+class CrashingGenerator:
+    def options(self, **kwargs):
+        return self
+
+    @property
+    def generate(self):
+        return self
+
+    def remote(self, request):
+        return _CrashingStream()
+
+
+def test_a_generation_that_raises_fails_its_job_without_leaking(tmp_path, caplog):
+    async def scenario() -> Job:
+        jobs = Jobs.__new__(Jobs)  # as Ray Serve builds a deployment with an async constructor
+        await jobs.__init__(CrashingGenerator(), AppArgs(model="tiny", data_dir=tmp_path))
+        request = GenerationRequest(**DETAILS.model_dump(exclude={"mode", "image_url", "model", "timings"}))
+        job = await jobs.submit("owner", request, DETAILS)
+        while not job.finished:
+            job = await jobs.watch("owner", job.id, job, timeout_s=5)
+        return job
+
+    with caplog.at_level(logging.ERROR):
+        job = asyncio.run(scenario())
+    assert job.status == "failed" and job.error.code == "generation_failed"
+    assert SECRET not in job.error.message and job.id in job.error.message
+    assert SECRET in caplog.text

@@ -37,7 +37,7 @@ def test_text_to_video_returns_the_requested_mp4(client):
         "seed": 7,
     }
     assert details["guidance_scale"] == 5.0
-    assert set(details["timings"]) == {"text_encoding_s", "denoising_s", "decoding_s", "encoding_s"}
+    assert set(details["timings"]) == {"queued_s", "text_encoding_s", "denoising_s", "decoding_s", "encoding_s"}
 
 
 def test_defaults_are_the_guides_and_the_negative_prompt_is_the_authors(client):

@@ -1,0 +1,128 @@
+"""The durable record of jobs: one SQLite file, written only by the jobs deployment's single
+replica. It survives restarts of the application, so finished jobs stay listed until they expire
+and queued jobs are not lost."""
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from serve_app.schemas import GenerationRequest, Job
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- submission order: the queue is first come, first served
+    id TEXT NOT NULL UNIQUE,
+    owner TEXT NOT NULL,                    -- the API key's id
+    status TEXT NOT NULL,
+    expires_at REAL,
+    idempotency_key TEXT,
+    request_hash TEXT,
+    webhook_url TEXT,
+    request TEXT NOT NULL,                  -- GenerationRequest JSON, to dispatch again after a restart
+    job TEXT NOT NULL,                      -- Job JSON, without queue_position
+    UNIQUE (owner, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, seq);
+"""
+
+
+@dataclass(frozen=True)
+class StoredJob:
+    job: Job
+    owner: str
+    webhook_url: str | None
+    request_hash: str | None
+
+
+class JobStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None)  # autocommit: every write is durable at once
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    def add(
+        self,
+        job: Job,
+        owner: str,
+        request: GenerationRequest,
+        *,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+        webhook_url: str | None = None,
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO jobs (id, owner, status, idempotency_key, request_hash, webhook_url, request, job)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                job.id,
+                owner,
+                job.status,
+                idempotency_key,
+                request_hash,
+                webhook_url,
+                request.model_dump_json(),
+                job.model_dump_json(exclude={"queue_position"}),
+            ),
+        )
+
+    def save(self, job: Job) -> None:
+        self._db.execute(
+            "UPDATE jobs SET status = ?, expires_at = ?, job = ? WHERE id = ?",
+            (job.status, job.expires_at, job.model_dump_json(exclude={"queue_position"}), job.id),
+        )
+
+    def get(self, job_id: str) -> StoredJob | None:
+        row = self._db.execute(
+            "SELECT job, owner, webhook_url, request_hash FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        return self._stored(row) if row else None
+
+    def find_idempotent(self, owner: str, key: str) -> StoredJob | None:
+        row = self._db.execute(
+            "SELECT job, owner, webhook_url, request_hash FROM jobs WHERE owner = ? AND idempotency_key = ?",
+            (owner, key),
+        ).fetchone()
+        return self._stored(row) if row else None
+
+    def request(self, job_id: str) -> GenerationRequest:
+        (request,) = self._db.execute("SELECT request FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return GenerationRequest.model_validate_json(request)
+
+    def queue_position(self, job_id: str) -> int:
+        """1 for the next job to start."""
+        (ahead,) = self._db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq <= (SELECT seq FROM jobs WHERE id = ?)",
+            (job_id,),
+        ).fetchone()
+        return ahead
+
+    def page(self, owner: str, after: str | None, limit: int) -> list[Job] | None:
+        """Up to `limit` of the owner's jobs, newest first, older than job `after` (None: it is not theirs)."""
+        before = 2**63 - 1
+        if after is not None:
+            row = self._db.execute("SELECT seq FROM jobs WHERE id = ? AND owner = ?", (after, owner)).fetchone()
+            if row is None:
+                return None
+            (before,) = row
+        rows = self._db.execute(
+            "SELECT job FROM jobs WHERE owner = ? AND seq < ? ORDER BY seq DESC LIMIT ?", (owner, before, limit)
+        )
+        return [Job.model_validate_json(job) for (job,) in rows]
+
+    def unfinished(self) -> list[Job]:
+        """Queued and running jobs, in submission order."""
+        rows = self._db.execute("SELECT job FROM jobs WHERE status IN ('queued', 'in_progress') ORDER BY seq")
+        return [Job.model_validate_json(job) for (job,) in rows]
+
+    def expired(self, now: float) -> list[str]:
+        return [job_id for (job_id,) in self._db.execute("SELECT id FROM jobs WHERE expires_at <= ?", (now,))]
+
+    def delete(self, job_id: str) -> None:
+        self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    @staticmethod
+    def _stored(row: tuple) -> StoredJob:
+        job, owner, webhook_url, request_hash = row
+        return StoredJob(Job.model_validate_json(job), owner, webhook_url, request_hash)

@@ -1,0 +1,288 @@
+"""The jobs deployment: the one source of truth for job state, and the queue.
+
+Exactly one replica. It records every job in SQLite (`job_store`), hands queued jobs to the
+generator deployment in submission order (Serve's router assigns them first come, first served
+as replicas free up, and autoscales the generators on that queue), follows each generation's
+progress stream, writes results to storage, sends webhooks and deletes what has expired. Ingress
+replicas ask it for jobs; it never talks HTTP to users.
+"""
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Coroutine
+
+from ray.exceptions import RayActorError
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+
+from serve_app.config import AppArgs
+from serve_app.job_store import JobStore
+from serve_app.logs import use_serve_log_handlers
+from serve_app.outbound import OutboundPolicy
+from serve_app.schemas import (
+    GenerationRequest,
+    GenerationResult,
+    Job,
+    JobError,
+    JobList,
+    JobTimings,
+    Progress,
+    VideoDetails,
+)
+from serve_app.storage import THUMBNAIL, VIDEO, ResultStorage
+from serve_app.webhooks import WebhookSender, webhook_secret
+
+logger = logging.getLogger(__name__)
+
+
+class Jobs:
+    async def __init__(self, generator: DeploymentHandle, args: AppArgs) -> None:
+        use_serve_log_handlers()
+        self._store = JobStore(args.data_dir / "jobs.sqlite3")
+        self._storage = ResultStorage(args.results_location)
+        self._generator = generator.options(stream=True)
+        self._retention_s = args.retention_hours * 3600
+        key = webhook_secret()
+        outbound = OutboundPolicy(tuple(args.url_allowlist))
+        self._webhooks = (
+            WebhookSender(key, outbound, args.webhook_retry_delays_s, args.webhook_timeout_s) if key else None
+        )
+        self._streams: dict[str, DeploymentResponseGenerator] = {}
+        # Job id -> when it was queued, when it started (Job's timestamps are whole seconds).
+        self._queued_at: dict[str, float] = {}
+        self._started_at: dict[str, float] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._changed = asyncio.Condition()
+        await self._recover()
+        self._spawn(self._expire_periodically())
+
+    # Called by the ingress.
+
+    async def submit(
+        self,
+        owner: str,
+        request: GenerationRequest,
+        details: VideoDetails,
+        *,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+        webhook_url: str | None = None,
+    ) -> Job | None:
+        """Queue a job. With an idempotency key already used by this owner: that job if the request
+        is the same, None if it is not."""
+        if idempotency_key is not None:
+            earlier = self._store.find_idempotent(owner, idempotency_key)
+            if earlier is not None:
+                return self._view(earlier.job) if earlier.request_hash == request_hash else None
+        job = Job(
+            id="video_" + secrets.token_hex(16),
+            status="queued",
+            created_at=int(time.time()),
+            model=details.model or "",
+            details=details,
+        )
+        self._store.add(
+            job,
+            owner,
+            request,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            webhook_url=webhook_url,
+        )
+        logger.info("job %s: queued for key %s", job.id, owner)
+        self._dispatch(job.id, request)
+        await self._notify()
+        return self._view(job)
+
+    async def get(self, owner: str, job_id: str) -> Job | None:
+        """The job, or None when it does not exist or belongs to another key."""
+        stored = self._store.get(job_id)
+        return self._view(stored.job) if stored and stored.owner == owner else None
+
+    async def page(self, owner: str, after: str | None = None, limit: int = 20) -> JobList | None:
+        """The owner's jobs, newest first; None when `after` is not one of them."""
+        jobs = self._store.page(owner, after, limit + 1)
+        if jobs is None:
+            return None
+        data = [self._view(job) for job in jobs[:limit]]
+        return JobList(
+            data=data,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+            has_more=len(jobs) > limit,
+        )
+
+    async def watch(self, owner: str, job_id: str, seen: Job | None, timeout_s: float) -> Job | None:
+        """The job as soon as it differs from `seen`, or as it is after `timeout_s` (long poll)."""
+        deadline = time.monotonic() + timeout_s
+        async with self._changed:
+            while True:
+                job = await self.get(owner, job_id)
+                remaining = deadline - time.monotonic()
+                if job is None or job != seen or job.finished or remaining <= 0:
+                    return job
+                try:
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+                except TimeoutError:
+                    return job
+
+    async def cancel(self, owner: str, job_id: str) -> Job | None:
+        """Cancel a queued or running job (a finished one is returned as it is)."""
+        job = await self.get(owner, job_id)
+        if job is None or job.finished:
+            return job
+        job = await self._finish(job.id, "cancelled")
+        return self._view(job)
+
+    async def delete(self, owner: str, job_id: str) -> bool:
+        """Cancel if needed, then delete the job and its files."""
+        job = await self.cancel(owner, job_id)
+        if job is None:
+            return False
+        await asyncio.to_thread(self._storage.delete, job_id)
+        self._store.delete(job_id)
+        await self._notify()
+        logger.info("job %s: deleted", job_id)
+        return True
+
+    async def expire(self, now: float | None = None) -> int:
+        """Delete the jobs, and their files, whose retention time is over."""
+        expired = self._store.expired(time.time() if now is None else now)
+        for job_id in expired:
+            await asyncio.to_thread(self._storage.delete, job_id)
+            self._store.delete(job_id)
+            logger.info("job %s: expired and deleted", job_id)
+        return len(expired)
+
+    # Running jobs.
+
+    async def _recover(self) -> None:
+        """After a restart: a job that was running has lost its generation, one that was queued
+        has lost its place in the router's queue. The first fails, the second is queued again."""
+        for job in self._store.unfinished():
+            if job.status == "in_progress":
+                await self._finish(
+                    job.id,
+                    "failed",
+                    JobError(code="interrupted", message="The service restarted while this job ran; submit it again."),
+                )
+            else:
+                self._dispatch(job.id, self._store.request(job.id))
+
+    def _dispatch(self, job_id: str, request: GenerationRequest) -> None:
+        self._queued_at[job_id] = time.time()
+        stream = self._generator.generate.remote(request)
+        self._streams[job_id] = stream
+        self._spawn(self._follow(job_id, stream))
+
+    async def _follow(self, job_id: str, stream: DeploymentResponseGenerator) -> None:
+        result: GenerationResult | None = None
+        try:
+            async for event in stream:
+                if isinstance(event, Progress):
+                    await self._progress(job_id, event)
+                else:
+                    result = event
+        except Exception as exc:
+            stored = self._store.get(job_id)
+            if stored is None or stored.job.finished:  # cancelled or deleted: the stream was cancelled for it
+                return
+            if isinstance(exc, RayActorError):
+                error = JobError(
+                    code="replica_died",
+                    message="The generator replica running this job stopped (its process died). "
+                    "The job is not retried: submit it again.",
+                )
+            else:
+                error = JobError(
+                    code="generation_failed",
+                    message=f"Generation failed; the server log has the details under job id {job_id}.",
+                )
+            logger.error("job %s: %s", job_id, error.message, exc_info=exc)
+            await self._finish(job_id, "failed", error)
+            return
+        finally:
+            self._streams.pop(job_id, None)
+        if result is not None:
+            await self._complete(job_id, result)
+
+    async def _progress(self, job_id: str, progress: Progress) -> None:
+        stored = self._store.get(job_id)
+        if stored is None or stored.job.finished:
+            return
+        job = stored.job
+        if progress.step == 0:
+            self._started_at[job_id] = time.time()
+            job = job.model_copy(update={"status": "in_progress", "started_at": int(time.time())})
+            logger.info("job %s: started", job_id)
+        else:
+            # 100 is kept for a finished video: decoding and encoding come after the last step.
+            job = job.model_copy(update={"progress": min(99, 100 * progress.step // progress.total)})
+        self._store.save(job)
+        await self._notify()
+
+    async def _complete(self, job_id: str, result: GenerationResult) -> None:
+        files = {VIDEO: result.video_mp4, THUMBNAIL: result.thumbnail_jpeg}
+        await asyncio.to_thread(self._storage.write, job_id, files)
+        stored = self._store.get(job_id)
+        if stored is None or stored.job.finished:  # deleted or cancelled while its files were written
+            await asyncio.to_thread(self._storage.delete, job_id)
+            return
+        queued_s = self._started_at.get(job_id, 0.0) - self._queued_at.get(job_id, 0.0)
+        timings = JobTimings(queued_s=round(queued_s, 3), **result.timings.model_dump())
+        details = stored.job.details.model_copy(update={"model": result.model, "timings": timings})
+        await self._finish(job_id, "completed", details=details)
+
+    async def _finish(
+        self, job_id: str, status: str, error: JobError | None = None, details: VideoDetails | None = None
+    ) -> Job:
+        """Move a job to its final status; a running generation is stopped."""
+        stored = self._store.get(job_id)
+        now = int(time.time())
+        job = stored.job.model_copy(
+            update={
+                "status": status,
+                "progress": 100 if status == "completed" else stored.job.progress,
+                "completed_at": now,
+                "expires_at": now + int(self._retention_s),
+                "error": error,
+                "details": details or stored.job.details,
+            }
+        )
+        self._store.save(job)
+        self._queued_at.pop(job_id, None)
+        self._started_at.pop(job_id, None)
+        stream = self._streams.pop(job_id, None)
+        if stream is not None:
+            # Queued: the router never assigns it. Running: the replica stops at the step's end.
+            stream.cancel()
+        logger.info("job %s: %s", job_id, status if error is None else f"{status} ({error.code})")
+        await self._notify()
+        if stored.webhook_url and self._webhooks and status in ("completed", "failed"):
+            self._spawn(self._webhooks.deliver(stored.webhook_url, job))
+        return job
+
+    async def _expire_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(min(60.0, self._retention_s / 4))
+            try:
+                await self.expire()
+            except Exception:
+                logger.exception("expiring jobs failed; trying again later")
+
+    # Helpers.
+
+    def _view(self, job: Job) -> Job:
+        if job.status != "queued":
+            return job
+        return job.model_copy(update={"queue_position": self._store.queue_position(job.id)})
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _spawn(self, work: Coroutine) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)  # the loop holds tasks weakly
+        task.add_done_callback(self._tasks.discard)

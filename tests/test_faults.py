@@ -1,0 +1,75 @@
+"""Nothing is lost: a generator replica killed mid-job, an ingress replica killed mid-job, and
+a restart of the whole application."""
+
+import time
+
+import httpx
+import ray
+from conftest import SLOW, SMALL, deploy, submit, wait_for
+from ray import serve
+
+
+def kill_replica(deployment: str) -> None:
+    """Kill the replica's worker process (ray.kill is a SIGKILL), as a crash or an OOM kill would."""
+    (name,) = [
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["name"].startswith(f"SERVE_REPLICA::wan#{deployment}#")
+    ]
+    ray.kill(ray.get_actor(name, namespace="serve"))
+
+
+def wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{url}/readyz").status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+
+
+def test_a_killed_generator_fails_its_job_with_a_reason_and_is_replaced(client, service):
+    job = submit(client, **SLOW)
+    wait_for(client, job["id"], until=lambda j: j["progress"] > 0)
+    kill_replica("Generator")
+
+    failed = wait_for(client, job["id"], timeout=60)
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "replica_died"
+    assert "submit it again" in failed["error"]["message"]
+    # Serve replaces the replica; the next job runs on the new one.
+    time.sleep(1)
+    wait_ready(service)
+    assert wait_for(client, submit(client, **SMALL)["id"])["status"] == "completed"
+
+
+def test_a_killed_ingress_loses_nothing(client, service):
+    job = submit(client, **{**SLOW, "num_inference_steps": 30, "height": 128, "width": 128})
+    kill_replica("Ingress")
+    deadline = time.monotonic() + 60
+    while True:  # until Serve has replaced the ingress
+        try:
+            if client.get(f"/v1/videos/{job['id']}").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert wait_for(client, job["id"])["status"] == "completed"
+
+
+def test_results_survive_a_restart_of_the_application(client, service, service_config):
+    done = submit(client, seed=5, **SMALL)
+    wait_for(client, done["id"])
+    video = client.get(f"/v1/videos/{done['id']}/content").content
+    running = submit(client, **SLOW)
+    wait_for(client, running["id"], until=lambda j: j["progress"] > 0)
+    queued = submit(client, **SMALL)
+
+    serve.delete("wan")
+    deploy(service_config)
+
+    assert client.get(f"/v1/videos/{done['id']}/content").content == video
+    assert done["id"] in [j["id"] for j in client.get("/v1/videos", params={"limit": 100}).json()["data"]]
+    interrupted = client.get(f"/v1/videos/{running['id']}").json()
+    assert interrupted["status"] == "failed" and interrupted["error"]["code"] == "interrupted"
+    # A job that was waiting in the queue is queued again, and runs.
+    assert wait_for(client, queued["id"])["status"] == "completed"
