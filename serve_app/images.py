@@ -31,16 +31,16 @@ class ImagePolicy:
     allowlist: tuple[str, ...] = ()
 
 
-def decode_base64(data: str, max_bytes: int) -> bytes:
+def decode_base64(data: str, max_bytes: int, param: str = "image_base64") -> bytes:
     """The bytes of `image_base64`: raw base64 or a data URL."""
     payload = _DATA_URL.sub("", data.strip(), count=1)
     payload = "".join(payload.split())
     if len(payload) * 3 // 4 > max_bytes:
-        raise PayloadTooLarge(f"image_base64 is over the {max_bytes} byte limit.", param="image_base64")
+        raise PayloadTooLarge(f"{param} is over the {max_bytes} byte limit.", param=param)
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidRequest("image_base64 is not valid base64.", param="image_base64") from None
+        raise InvalidRequest(f"{param} is not valid base64.", param=param) from None
 
 
 def prepare_image(data: bytes, width: int, height: int, policy: ImagePolicy, param: str) -> bytes:
@@ -76,10 +76,13 @@ class ImageLoader:
         self._policy = policy
         self._outbound = OutboundPolicy(policy.allowlist)
 
-    async def load(self, request: VideoRequest) -> bytes | None:
-        """The request's image as PNG bytes of exactly its width x height, or None for t2v."""
+    async def load(self, request: VideoRequest, base64_param: str = "image_base64") -> bytes | None:
+        """The request's image as PNG bytes of exactly its width x height, or None for t2v.
+
+        `base64_param` names `image_base64` in errors, for a field that the client sent otherwise
+        (an uploaded `input_reference`)."""
         if request.image_base64 is not None:
-            data, param = decode_base64(request.image_base64, self._policy.max_bytes), "image_base64"
+            data, param = decode_base64(request.image_base64, self._policy.max_bytes, base64_param), base64_param
         elif request.image_url is not None:
             data, param = await self.fetch(request.image_url), "image_url"
         else:

@@ -98,18 +98,21 @@ class JobStore:
         ).fetchone()
         return ahead
 
-    def page(self, owner: str, after: str | None, limit: int) -> list[Job] | None:
-        """Up to `limit` of the owner's jobs, newest first, older than job `after` (None: it is not theirs)."""
-        before = 2**63 - 1
+    def page(self, owner: str, after: str | None, limit: int, newest_first: bool) -> list[Job] | None:
+        """Up to `limit` of the owner's jobs that come after job `after` in the order asked for
+        (None: `after` is not theirs)."""
+        cursor = 2**63 - 1 if newest_first else 0
         if after is not None:
             row = self._db.execute("SELECT seq FROM jobs WHERE id = ? AND owner = ?", (after, owner)).fetchone()
             if row is None:
                 return None
-            (before,) = row
-        rows = self._db.execute(
-            "SELECT job FROM jobs WHERE owner = ? AND seq < ? ORDER BY seq DESC LIMIT ?", (owner, before, limit)
+            (cursor,) = row
+        query = (
+            "SELECT job FROM jobs WHERE owner = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
+            if newest_first
+            else "SELECT job FROM jobs WHERE owner = ? AND seq > ? ORDER BY seq ASC LIMIT ?"
         )
-        return [Job.model_validate_json(job) for (job,) in rows]
+        return [Job.model_validate_json(job) for (job,) in self._db.execute(query, (owner, cursor, limit))]
 
     def unfinished(self) -> list[Job]:
         """Queued and running jobs, in submission order."""

@@ -80,6 +80,9 @@ class Jobs:
             status="queued",
             created_at=int(time.time()),
             model=details.model or "",
+            prompt=details.prompt,
+            size=f"{details.width}x{details.height}",
+            seconds=f"{details.num_frames / details.fps:.2f}",
             details=details,
         )
         self._store.add(
@@ -100,9 +103,11 @@ class Jobs:
         stored = self._store.get(job_id)
         return self._view(stored.job) if stored and stored.owner == owner else None
 
-    async def page(self, owner: str, after: str | None = None, limit: int = 20) -> JobList | None:
-        """The owner's jobs, newest first; None when `after` is not one of them."""
-        jobs = self._store.page(owner, after, limit + 1)
+    async def page(
+        self, owner: str, after: str | None = None, limit: int = 20, newest_first: bool = True
+    ) -> JobList | None:
+        """The owner's jobs after job `after`; None when `after` is not one of them."""
+        jobs = self._store.page(owner, after, limit + 1, newest_first)
         if jobs is None:
             return None
         data = [self._view(job) for job in jobs[:limit]]

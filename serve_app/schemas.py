@@ -14,6 +14,7 @@ DEFAULT_NEGATIVE_PROMPT = (
     "形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
 SIZE_MULTIPLE = 32  # the VAE compresses 16x and the transformer patches 2x
+MIN_FRAMES, MAX_FRAMES = 25, 121
 MAX_SEED = 2**63 - 1
 
 
@@ -32,7 +33,7 @@ class VideoRequest(BaseModel):
     )
     height: int = Field(704, ge=32, le=2048, description="Video height, a multiple of 32.")
     width: int = Field(1280, ge=32, le=2048, description="Video width, a multiple of 32.")
-    num_frames: int = Field(121, ge=25, le=121, description="Frame count, of the form 4n+1.")
+    num_frames: int = Field(MAX_FRAMES, ge=MIN_FRAMES, le=MAX_FRAMES, description="Frame count, of the form 4n+1.")
     num_inference_steps: int = Field(50, ge=1, le=100, description="Denoising steps.")
     guidance_scale: float = Field(5.0, ge=1.0, le=20.0, description="Classifier-free guidance strength.")
     fps: int = Field(24, ge=1, le=60, description="Frame rate of the output video.")
@@ -160,6 +161,9 @@ class VideoDetails(BaseModel):
     mode: Literal["t2v", "ti2v"]
     image_url: str | None = None
     model: str | None = None
+    requested: dict[str, str] | None = Field(
+        None, description="OpenAI-style `size`, `seconds`, `model` as sent, before mapping to the values above."
+    )
     timings: JobTimings | None = None
 
 
@@ -190,6 +194,9 @@ class Job(BaseModel):
     completed_at: int | None = Field(None, description="When the job ended, whatever its final status.")
     expires_at: int | None = Field(None, description="When a finished job and its files are deleted.")
     model: str
+    prompt: str
+    size: str = Field(description="WIDTHxHEIGHT of the video.")
+    seconds: str = Field(description="Its duration: num_frames / fps.")
     details: VideoDetails
     error: JobError | None = None
 

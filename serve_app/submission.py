@@ -12,7 +12,7 @@ from serve_app.dependencies import IngressState
 from serve_app.errors import Conflict, InvalidRequest
 from serve_app.images import ImageLoader
 from serve_app.schemas import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, Job, VideoDetails, VideoRequest
-from serve_app.validation import parse_video_request, read_body
+from serve_app.validation import parse_form_video_request, parse_video_request, read_body
 from serve_app.webhooks import SECRET_ENV, webhook_secret
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -22,7 +22,12 @@ async def submit_job(request: Request, state: IngressState, owner: str) -> Job:
     """Read and validate the body, prepare the image, queue the job (honouring Idempotency-Key)."""
     # The body is read here, after the auth dependency: an unauthenticated caller gets 401
     # whatever it sent, and nothing is read, parsed or fetched for it.
-    video_request = parse_video_request(await read_body(request, int(state.args.max_body_mb * 2**20)))
+    body = await read_body(request, int(state.args.max_body_mb * 2**20))
+    requested = None
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        video_request, requested = await parse_form_video_request(request.headers, body)
+    else:
+        video_request = parse_video_request(body)
     idempotency_key = _idempotency_key(request)
     if video_request.webhook_url is not None:
         if webhook_secret() is None:
@@ -30,12 +35,15 @@ async def submit_job(request: Request, state: IngressState, owner: str) -> Job:
                 f"Webhooks are not enabled on this server (its operator sets {SECRET_ENV}).", param="webhook_url"
             )
         await state.outbound.check(video_request.webhook_url, "webhook_url")
-    generation = await resolve(video_request, state.images)
+    # An uploaded input_reference travels as image_base64; errors about it name what was sent.
+    image_param = "input_reference" if requested and "input_reference" in requested else "image_base64"
+    generation = await resolve(video_request, state.images, image_param)
     details = VideoDetails(
         **generation.model_dump(exclude={"image_png"}),
         mode=video_request.mode,
         image_url=video_request.image_url,
         model=state.args.model,
+        requested=requested or None,
     )
     job = await state.jobs.submit.remote(
         owner,
@@ -54,7 +62,9 @@ async def submit_job(request: Request, state: IngressState, owner: str) -> Job:
     return job
 
 
-async def resolve(video_request: VideoRequest, images: ImageLoader) -> GenerationRequest:
+async def resolve(
+    video_request: VideoRequest, images: ImageLoader, image_param: str = "image_base64"
+) -> GenerationRequest:
     """Fill in what the request left open (seed, negative prompt) and prepare its image."""
     return GenerationRequest(
         **video_request.model_dump(exclude={"image_url", "image_base64", "webhook_url", "seed", "negative_prompt"}),
@@ -62,7 +72,7 @@ async def resolve(video_request: VideoRequest, images: ImageLoader) -> Generatio
             DEFAULT_NEGATIVE_PROMPT if video_request.negative_prompt is None else video_request.negative_prompt
         ),
         seed=video_request.seed if video_request.seed is not None else secrets.randbelow(2**32),
-        image_png=await images.load(video_request),
+        image_png=await images.load(video_request, image_param),
     )
 
 

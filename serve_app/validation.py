@@ -1,10 +1,16 @@
-"""Reading and validating a request body: size cap first, then JSON, then the pydantic model.
-Every failure becomes a 400 (or 413) naming the offending field."""
+"""Reading and validating a request body: size cap first, then JSON (or the multipart form the
+OpenAI SDK sends), then the pydantic model. Every failure becomes a 400 (or 413) naming the
+offending field."""
+
+from collections.abc import AsyncIterator
 
 from fastapi import Request
 from pydantic import ValidationError
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from serve_app.errors import InvalidRequest, PayloadTooLarge
+from serve_app.openai_form import UploadedImage, map_form
 from serve_app.schemas import VideoRequest
 
 
@@ -29,6 +35,35 @@ def parse_video_request(body: bytes) -> VideoRequest:
         return VideoRequest.model_validate_json(body)
     except ValidationError as exc:
         raise _as_invalid_request(exc) from None
+
+
+async def parse_form_video_request(headers: Headers, body: bytes) -> tuple[VideoRequest, dict[str, str]]:
+    """Validate a multipart body as a VideoRequest; also what its OpenAI-style fields asked for."""
+    try:
+        form = await MultiPartParser(headers, _once(body), max_files=1, max_fields=64, max_part_size=len(body)).parse()
+    except MultiPartException as exc:
+        raise InvalidRequest(f"Malformed multipart body: {exc.message}") from None
+    fields: dict[str, str] = {}
+    upload = None
+    for name, value in form.multi_items():
+        if name in fields or (upload is not None and name == "input_reference"):
+            raise InvalidRequest(f"{name}: given more than once", param=name)
+        if isinstance(value, UploadFile):
+            if name != "input_reference":
+                raise InvalidRequest(f"{name}: only input_reference may be a file", param=name)
+            upload = UploadedImage(value.filename or "upload", await value.read())
+        else:
+            fields[name] = value
+    data, requested = map_form(fields, upload)
+    try:
+        # Form values are all text: "30" is read as 30 here, unlike in JSON.
+        return VideoRequest.model_validate(data, strict=False), requested
+    except ValidationError as exc:
+        raise _as_invalid_request(exc) from None
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
 
 
 def _as_invalid_request(exc: ValidationError) -> InvalidRequest:

@@ -23,6 +23,28 @@ _ERRORS = error_responses(
         404: "No such job for this API key",
     }
 )
+# What the OpenAI SDK's videos.create sends; any field of the JSON body may be added as a form field.
+_OPENAI_FORM = {
+    "type": "object",
+    "required": ["prompt"],
+    "properties": {
+        "prompt": {"type": "string"},
+        "model": {"type": "string", "description": "Accepted; the job reports the model served."},
+        "seconds": {"type": "string", "description": "Mapped to the nearest 4n+1 frame count at fps."},
+        "size": {"type": "string", "example": "1280x704", "description": "Mapped to the nearest multiples of 32."},
+        "input_reference": {"type": "string", "format": "binary", "description": "The first frame."},
+    },
+    "additionalProperties": True,
+}
+_CREATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            **VIDEO_REQUEST_BODY["requestBody"]["content"],
+            "multipart/form-data": {"schema": _OPENAI_FORM},
+        },
+    }
+}
 _VARIANTS = {"video": (VIDEO, "video/mp4"), "thumbnail": (THUMBNAIL, "image/jpeg")}
 
 videos_router = APIRouter(prefix="/v1/videos", dependencies=[Depends(require_api_key)], responses=_ERRORS)
@@ -32,11 +54,12 @@ videos_router = APIRouter(prefix="/v1/videos", dependencies=[Depends(require_api
     "",
     status_code=202,
     response_model=Job,
-    openapi_extra=VIDEO_REQUEST_BODY,
+    openapi_extra=_CREATE_BODY,
     responses={409: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body"}},
 )
 async def create_video(request: Request, state: State, owner: Owner) -> Job:
-    """Queue a video job; the body is the same as `/predict`'s. Send `Idempotency-Key` to retry safely."""
+    """Queue a video job. The body is `/predict`'s JSON, or the multipart form of the OpenAI SDK.
+    Send `Idempotency-Key` to retry safely."""
     return await submit_job(request, state, owner)
 
 
@@ -46,9 +69,10 @@ async def list_videos(
     owner: Owner,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(description="The last id of the previous page.")] = None,
+    order: Literal["desc", "asc"] = "desc",
 ) -> JobList:
-    """The caller's jobs, newest first."""
-    page = await state.jobs.page.remote(owner, after, limit)
+    """The caller's jobs, newest first unless `order=asc`."""
+    page = await state.jobs.page.remote(owner, after, limit, newest_first=order == "desc")
     if page is None:
         raise InvalidRequest("after is not one of your jobs.", param="after")
     return page

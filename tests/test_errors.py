@@ -46,7 +46,16 @@ class FailingJobs:
     """Stands in for the jobs deployment handle: every job fails as a CUDA fault would make it."""
 
     def __init__(self) -> None:
-        queued = Job(id="video_x", status="queued", created_at=int(time.time()), model="tiny", details=DETAILS)
+        queued = Job(
+            id="video_x",
+            status="queued",
+            created_at=int(time.time()),
+            model="tiny",
+            prompt="a",
+            size="64x64",
+            seconds="1.04",
+            details=DETAILS,
+        )
         error = JobError(code="generation_failed", message="Generation failed; the server log has the details.")
         self.submit = _Call(queued)
         self.watch = _Call(queued.model_copy(update={"status": "failed", "error": error}))

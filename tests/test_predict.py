@@ -108,7 +108,11 @@ def test_operational_routes_are_open_and_documented(service):
     assert len(health.headers.get_list("x-request-id")) == 1
     assert httpx.get(f"{service}/readyz").json() == {"status": "ready", "model": "tiny"}
     spec = httpx.get(f"{service}/openapi.json").json()
-    assert "/predict" in spec["paths"]
+    assert {"/predict", "/v1/videos", "/v1/videos/{video_id}/content", "/v1/videos/{video_id}/events"} <= set(
+        spec["paths"]
+    )
+    create = spec["paths"]["/v1/videos"]["post"]["requestBody"]["content"]
+    assert set(create) == {"application/json", "multipart/form-data"}
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["required"] == ["prompt"]
     assert body["properties"]["num_frames"]["default"] == 121
