@@ -1,0 +1,125 @@
+"""`wan-client`: make a video from the command line. It replaces the hosted API's
+`python3 test_inference.py`: `wan-client generate "A cat dancing on a stage"` is all it takes."""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from serve_app.client.api import WanClient, WanError
+from serve_app.schemas import Job
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wan-client",
+        description="Generate videos with a Wan2.2 service. The URL and key come from WAN_API_URL "
+        "(default http://127.0.0.1:8000) and WAN_API_KEY, or from --url and --api-key.",
+    )
+    parser.add_argument("--url", help="service URL (default: $WAN_API_URL or http://127.0.0.1:8000)")
+    parser.add_argument("--api-key", help="API key (default: $WAN_API_KEY)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="generate a video and save it")
+    generate.add_argument("prompt", help="what the video shows")
+    generate.add_argument("--negative-prompt", help="what it should not show (default: the Wan2.2 authors')")
+    generate.add_argument("--height", type=int, help="multiple of 32, 32-2048 (default 704)")
+    generate.add_argument("--width", type=int, help="multiple of 32, 32-2048 (default 1280)")
+    generate.add_argument("--num-frames", type=int, help="4n+1, 25-121 (default 121)")
+    generate.add_argument("--num-inference-steps", type=int, help="1-100 (default 50)")
+    generate.add_argument("--guidance-scale", type=float, help="1.0-20.0 (default 5.0)")
+    generate.add_argument("--fps", type=int, help="1-60 (default 24)")
+    generate.add_argument("--seed", type=int, help="for a reproducible video (default: drawn, and reported)")
+    generate.add_argument("--image", help="first frame: a file or an http(s) URL (text+image to video)")
+    generate.add_argument("-o", "--output", type=Path, default=Path("output.mp4"), help="MP4 to write")
+    generate.add_argument("--thumbnail", type=Path, help="also write the first frame as a JPEG here")
+    generate.add_argument("--details", type=Path, help="also write the job (every parameter, the seed) as JSON")
+
+    for name, text in [("status", "show a job"), ("cancel", "cancel a job")]:
+        commands.add_parser(name, help=text).add_argument("job_id")
+    commands.add_parser("list", help="your recent jobs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with WanClient(args.url, args.api_key) as client:
+        try:
+            if args.command == "generate":
+                return _generate(client, args)
+            if args.command == "list":
+                for job in client.list_jobs().data:
+                    print(f"{job.id}  {job.status:<11} {job.progress:>3}%  {job.size}  {job.prompt[:60]}")
+            else:
+                action = client.get if args.command == "status" else client.cancel
+                print(action(args.job_id).model_dump_json(indent=2))
+            return 0
+        except WanError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+
+
+def _generate(client: WanClient, args: argparse.Namespace) -> int:
+    params = {
+        name: getattr(args, name)
+        for name in ("negative_prompt", "height", "width", "num_frames", "num_inference_steps", "guidance_scale")
+    }
+    started = time.monotonic()
+    job = client.submit(args.prompt, image=args.image, fps=args.fps, seed=args.seed, **params)
+    print(f"job {job.id} queued", file=sys.stderr)
+    bar = ProgressBar()
+    try:
+        job = client.wait(job.id, bar.show)
+    except KeyboardInterrupt:
+        client.cancel(job.id)
+        print(f"\ncancelled job {job.id}", file=sys.stderr)
+        return 130
+    bar.end()
+    if job.status != "completed":
+        reason = job.error.message if job.error else f"the job was {job.status}"
+        print(f"error: {reason}", file=sys.stderr)
+        return 1
+    args.output.write_bytes(client.download(job.id))
+    if args.thumbnail:
+        args.thumbnail.write_bytes(client.download(job.id, "thumbnail"))
+    if args.details:
+        args.details.write_text(job.model_dump_json(indent=2))
+    took = time.monotonic() - started
+    print(
+        f"saved {args.output}: {job.size}, {job.seconds} s, seed {job.details.seed}, in {took:.1f} s", file=sys.stderr
+    )
+    return 0
+
+
+class ProgressBar:
+    """One line on a terminal, redrawn; one line per change otherwise (logs, pipes)."""
+
+    def __init__(self, width: int = 30) -> None:
+        self._width = width
+        self._tty = sys.stderr.isatty()
+        self._last = ""
+        self._started: float | None = None
+
+    def show(self, job: Job) -> None:
+        if job.status == "queued":
+            line = f"queued, position {job.queue_position}"
+        else:
+            if self._started is None and job.status == "in_progress":
+                self._started = time.monotonic()
+            filled = self._width * job.progress // 100
+            line = f"[{'#' * filled}{'-' * (self._width - filled)}] {job.progress:3d}%  {job.status}"
+            if self._started is not None and 0 < job.progress < 100:
+                elapsed = time.monotonic() - self._started
+                line += f"  about {_clock(elapsed * (100 - job.progress) / job.progress)} left"
+        if line != self._last:
+            print(("\r\033[K" if self._tty else "") + line, end="" if self._tty else "\n", file=sys.stderr, flush=True)
+            self._last = line
+
+    def end(self) -> None:
+        if self._tty:
+            print(file=sys.stderr)
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes}:{seconds:02d}"
