@@ -8,6 +8,10 @@ WAN_API_KEYS ?= local-dev-key
 export WAN_API_KEYS
 
 BIN := $(VENV)/bin
+# Debian's Chromium, driven by Playwright in the web page tests (Playwright's own browser
+# download needs the internet).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install run test lint bench
 
@@ -27,7 +31,11 @@ run: install
 lint: install
 	$(BIN)/ruff check serve_app tests
 
-test: lint
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+test: lint $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 bench: install

@@ -73,6 +73,12 @@ class AppArgs(BaseModel):
         15.0, gt=0, description="Idle time after which `/v1/videos/{id}/events` sends a keep-alive comment."
     )
 
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins (e.g. https://studio.example.com) of web pages served elsewhere that may call "
+        "the API from a browser. Empty: none; the page at `/` needs no CORS.",
+    )
+
     @property
     def results_location(self) -> str:
         return self.results_url or str(self.data_dir / "results")

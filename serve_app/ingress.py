@@ -6,6 +6,7 @@ import logging
 import uuid
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from ray import serve
 from ray.serve.context import _get_serve_request_context
 from ray.serve.handle import DeploymentHandle
@@ -17,6 +18,7 @@ from serve_app.errors import install_error_handlers
 from serve_app.images import ImageLoader, ImagePolicy
 from serve_app.logs import use_serve_log_handlers
 from serve_app.outbound import OutboundPolicy
+from serve_app.page import page_router
 from serve_app.routes import health_router, predict_router
 from serve_app.storage import ResultStorage
 from serve_app.videos import videos_router
@@ -88,6 +90,15 @@ def create_api(state: IngressState, api_keys: ApiKeys | None) -> FastAPI:
     api.state.ingress = state
     api.state.api_keys = api_keys
     install_error_handlers(api)
+    if state.args.cors_origins:
+        api.add_middleware(
+            CORSMiddleware,
+            allow_origins=state.args.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            expose_headers=["Retry-After", "X-Request-ID", "Content-Range"],
+            max_age=600,
+        )
 
     @api.middleware("http")
     async def request_id(request: Request, call_next):
@@ -100,6 +111,7 @@ def create_api(state: IngressState, api_keys: ApiKeys | None) -> FastAPI:
             response.headers["X-Request-ID"] = request.state.request_id
         return response
 
+    api.include_router(page_router)
     api.include_router(health_router)
     api.include_router(predict_router)
     api.include_router(videos_router)

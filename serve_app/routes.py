@@ -2,11 +2,13 @@
 
 import asyncio
 import base64
+import contextvars
 import logging
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from ray.serve.exceptions import RequestCancelledError
 
 from serve_app.auth import require_api_key
 from serve_app.dependencies import Owner, State
@@ -40,10 +42,10 @@ async def predict(request: Request, state: State, owner: Owner) -> PredictRespon
     try:
         async for update in follow_job(state.jobs, owner, job, idle_s=60):
             job = update or job
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, RequestCancelledError):
         # The client went away: free the GPU rather than make a video nobody will receive.
-        await asyncio.shield(state.jobs.cancel.remote(owner, job.id))
-        logger.info("request %s: client disconnected, job %s cancelled", request_id_of(request), job.id)
+        logger.info("request %s: client disconnected, cancelling job %s", request_id_of(request), job.id)
+        _cancel_detached(state, owner, job.id)
         raise
     if job.status == "completed":
         video = await asyncio.to_thread(state.storage.read, job.id, VIDEO)
@@ -55,6 +57,22 @@ async def predict(request: Request, state: State, owner: Owner) -> PredictRespon
     raise Conflict(
         f"Job {job.id} was {job.status if job.finished else 'deleted'} before it completed.", code="cancelled"
     )
+
+
+_detached: set[asyncio.Task] = set()
+
+
+def _cancel_detached(state: State, owner: str, job_id: str) -> None:
+    """Cancel a job from outside the current request: Serve cancels a cancelled request's calls,
+    even those it starts while it unwinds, so the call runs in a task of its own, in an empty
+    context (no parent request), that nothing cancels."""
+
+    async def cancel() -> None:
+        await state.jobs.cancel.remote(owner, job_id)
+
+    task = asyncio.get_running_loop().create_task(cancel(), context=contextvars.Context())
+    _detached.add(task)  # the loop holds tasks weakly
+    task.add_done_callback(_detached.discard)
 
 
 @health_router.get("/healthz")

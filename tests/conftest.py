@@ -28,6 +28,7 @@ TEST_ARGS = {
     "url_allowlist": ["127.0.0.1"],
     "sse_keepalive_s": 1,
     "webhook_retry_delays_s": [0.5, 0.5],
+    "cors_origins": ["http://studio.example"],
 }
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"test webhook signing key").decode()
 SMALL = {"height": 64, "width": 64, "num_frames": 25, "num_inference_steps": 2}
