@@ -61,6 +61,21 @@ class AppArgs(BaseModel):
         "every node mounts, or object storage such as `s3://bucket/prefix` (install `s3fs`). "
         "Default: `data_dir/results`.",
     )
+    max_video_pixels: int | None = Field(
+        None,
+        gt=0,
+        description="Largest width x height x num_frames accepted (400 above, before any GPU work): set it "
+        "for the GPU type of the generator workers, so that what cannot fit is refused up front. None: no cap.",
+    )
+    max_queued_jobs: int = Field(
+        100,
+        ge=1,
+        description="Jobs waiting for a generator across the cluster; past it, submissions get 503 with "
+        "Retry-After and leave no trace.",
+    )
+    max_jobs_per_key: int = Field(
+        8, ge=1, description="Queued plus running jobs of one API key; past it, its submissions get 429."
+    )
     retention_hours: float = Field(
         24.0, gt=0, description="How long a finished job and its files are kept before they are deleted."
     )

@@ -61,6 +61,15 @@ class PayloadTooLarge(ServiceError):
     code = "payload_too_large"
 
 
+class Refused(ServiceError):
+    """The jobs deployment refused a submission (queue full, too many jobs, idempotency conflict)."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None, retry_after_s: int | None) -> None:
+        headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+        super().__init__(message, code=code, param=param, headers=headers)
+        self.status_code = status
+
+
 class RangeNotSatisfiable(ServiceError):
     status_code = 416
     code = "range_not_satisfiable"

@@ -18,7 +18,7 @@ from PIL import Image
 from serve_app.config import AppArgs
 from serve_app.logs import use_serve_log_handlers
 from serve_app.model import LoadedModel, load_model, resolve_device
-from serve_app.schemas import GenerationRequest, GenerationResult, Progress, StageTimings
+from serve_app.schemas import GenerationFailure, GenerationRequest, GenerationResult, Progress, StageTimings
 from serve_app.video import encode_jpeg, encode_mp4
 
 logger = logging.getLogger(__name__)
@@ -39,9 +39,13 @@ class Generator:
         self._model: LoadedModel = load_model(args.model, resolve_device(args.device), args.cache_dir)
         # One thread: a replica never runs two generations at once, whatever its config says.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wan-generate")
+        self._broken: str | None = None  # why this replica can no longer generate
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Progress | GenerationResult]:
-        """Streams `Progress` as the job advances, then the `GenerationResult`.
+    async def generate(
+        self, request: GenerationRequest
+    ) -> AsyncIterator[Progress | GenerationResult | GenerationFailure]:
+        """Streams `Progress` as the job advances, then the `GenerationResult` (or a
+        `GenerationFailure` when the GPU ran out of memory).
 
         Called with `handle.options(stream=True)`. Cancelling the call stops the pipeline at the end
         of its current step, and the call ends only once the worker thread is free again, so the
@@ -62,7 +66,7 @@ class Generator:
         try:
             while (progress := await events.get()) is not None:
                 yield progress
-            yield work.result()
+            yield self._outcome(work, request)
         except asyncio.CancelledError:
             cancel.set()
             await asyncio.wait([work])
@@ -71,8 +75,30 @@ class Generator:
         finally:
             cancel.set()
 
+    def _outcome(self, work: asyncio.Future, request: GenerationRequest) -> GenerationResult | GenerationFailure:
+        try:
+            return work.result()
+        except torch.OutOfMemoryError:
+            # Recoverable: free what the failed job held; the replica stays in service.
+            if self._model.device.type == "cuda":
+                torch.cuda.empty_cache()
+            logger.warning("out of memory at %dx%dx%d", request.width, request.height, request.num_frames)
+            return GenerationFailure(
+                code="gpu_out_of_memory",
+                message=f"The GPU ran out of memory for {request.width}x{request.height} with "
+                f"{request.num_frames} frames. Try a smaller size or fewer frames.",
+            )
+        except RuntimeError as exc:
+            # A CUDA error (an illegal memory access, a device-side assert) poisons the process's
+            # CUDA context: every later job would fail too. Fail health checks to be replaced.
+            if "CUDA error" in str(exc):
+                self._broken = f"CUDA error in an earlier job: {exc}"
+            raise
+
     def check_health(self) -> None:
         """Called by Ray Serve; raising marks the replica unhealthy and has it replaced."""
+        if self._broken:
+            raise RuntimeError(self._broken)
         if self._model.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("the replica's GPU is gone")
 

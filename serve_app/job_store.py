@@ -98,6 +98,11 @@ class JobStore:
         ).fetchone()
         return ahead
 
+    def count(self, status: str, owner: str | None = None) -> int:
+        query = "SELECT COUNT(*) FROM jobs WHERE status = ?" + (" AND owner = ?" if owner else "")
+        (count,) = self._db.execute(query, (status, owner) if owner else (status,)).fetchone()
+        return count
+
     def page(self, owner: str, after: str | None, limit: int, newest_first: bool) -> list[Job] | None:
         """Up to `limit` of the owner's jobs that come after job `after` in the order asked for
         (None: `after` is not theirs)."""

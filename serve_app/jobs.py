@@ -9,8 +9,10 @@ replicas ask it for jobs; it never talks HTTP to users.
 
 import asyncio
 import logging
+import math
 import secrets
 import time
+from collections import deque
 from collections.abc import Coroutine
 
 from ray.exceptions import RayActorError
@@ -21,6 +23,7 @@ from serve_app.job_store import JobStore
 from serve_app.logs import use_serve_log_handlers
 from serve_app.outbound import OutboundPolicy
 from serve_app.schemas import (
+    GenerationFailure,
     GenerationRequest,
     GenerationResult,
     Job,
@@ -28,6 +31,7 @@ from serve_app.schemas import (
     JobList,
     JobTimings,
     Progress,
+    Refusal,
     VideoDetails,
 )
 from serve_app.storage import THUMBNAIL, VIDEO, ResultStorage
@@ -43,6 +47,10 @@ class Jobs:
         self._storage = ResultStorage(args.results_location)
         self._generator = generator.options(stream=True)
         self._retention_s = args.retention_hours * 3600
+        self._max_queued = args.max_queued_jobs
+        self._max_per_key = args.max_jobs_per_key
+        # How long recent jobs ran, for the Retry-After of a refused submission.
+        self._recent_run_s: deque[float] = deque([60.0], maxlen=20)
         key = webhook_secret()
         outbound = OutboundPolicy(tuple(args.url_allowlist))
         self._webhooks = (
@@ -68,13 +76,22 @@ class Jobs:
         idempotency_key: str | None = None,
         request_hash: str | None = None,
         webhook_url: str | None = None,
-    ) -> Job | None:
-        """Queue a job. With an idempotency key already used by this owner: that job if the request
-        is the same, None if it is not."""
+    ) -> Job | Refusal:
+        """Queue a job, or say why not: the queue or the key's share is full, or the idempotency
+        key was used with another request (the same request gets its earlier job back)."""
         if idempotency_key is not None:
             earlier = self._store.find_idempotent(owner, idempotency_key)
             if earlier is not None:
-                return self._view(earlier.job) if earlier.request_hash == request_hash else None
+                if earlier.request_hash == request_hash:
+                    return self._view(earlier.job)
+                return Refusal(
+                    status=409,
+                    code="idempotency_conflict",
+                    message="This Idempotency-Key was already used with a different request body.",
+                    param="Idempotency-Key",
+                )
+        if refusal := await self.admit(owner):
+            return refusal
         job = Job(
             id="video_" + secrets.token_hex(16),
             status="queued",
@@ -97,6 +114,33 @@ class Jobs:
         self._dispatch(job.id, request)
         await self._notify()
         return self._view(job)
+
+    async def admit(self, owner: str, idempotency_key: str | None = None) -> Refusal | None:
+        """Whether a submission of this key would be queued now (checked again when it is). A
+        retry of an earlier submission is always let through: it gets that job back."""
+        if idempotency_key is not None and self._store.find_idempotent(owner, idempotency_key):
+            return None
+        running = max(1, self._store.count("in_progress"))
+        run_s = sum(self._recent_run_s) / len(self._recent_run_s)
+        queued = self._store.count("queued")
+        if queued >= self._max_queued:
+            wait = run_s * (queued - self._max_queued + 1) / running
+            return Refusal(
+                status=503,
+                code="queue_full",
+                message=f"The queue is full ({queued} jobs waiting). Retry later.",
+                retry_after_s=_bounded(wait),
+            )
+        active = self._store.count("queued", owner) + self._store.count("in_progress", owner)
+        if active >= self._max_per_key:
+            return Refusal(
+                status=429,
+                code="too_many_jobs",
+                message=f"This API key already has {active} jobs queued or running, its limit. "
+                "Retry when one has finished, or cancel one.",
+                retry_after_s=_bounded(run_s),
+            )
+        return None
 
     async def get(self, owner: str, job_id: str) -> Job | None:
         """The job, or None when it does not exist or belongs to another key."""
@@ -182,7 +226,7 @@ class Jobs:
         self._spawn(self._follow(job_id, stream))
 
     async def _follow(self, job_id: str, stream: DeploymentResponseGenerator) -> None:
-        result: GenerationResult | None = None
+        result: GenerationResult | GenerationFailure | None = None
         try:
             async for event in stream:
                 if isinstance(event, Progress):
@@ -209,7 +253,9 @@ class Jobs:
             return
         finally:
             self._streams.pop(job_id, None)
-        if result is not None:
+        if isinstance(result, GenerationFailure):
+            await self._finish(job_id, "failed", JobError(code=result.code, message=result.message))
+        elif result is not None:
             await self._complete(job_id, result)
 
     async def _progress(self, job_id: str, progress: Progress) -> None:
@@ -234,6 +280,7 @@ class Jobs:
         if stored is None or stored.job.finished:  # deleted or cancelled while its files were written
             await asyncio.to_thread(self._storage.delete, job_id)
             return
+        self._recent_run_s.append(time.time() - self._started_at.get(job_id, time.time()))
         queued_s = self._started_at.get(job_id, 0.0) - self._queued_at.get(job_id, 0.0)
         timings = JobTimings(queued_s=round(queued_s, 3), **result.timings.model_dump())
         details = stored.job.details.model_copy(update={"model": result.model, "timings": timings})
@@ -291,3 +338,7 @@ class Jobs:
         task = asyncio.create_task(work)
         self._tasks.add(task)  # the loop holds tasks weakly
         task.add_done_callback(self._tasks.discard)
+
+
+def _bounded(seconds: float) -> int:
+    return min(3600, max(1, math.ceil(seconds)))

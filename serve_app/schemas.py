@@ -131,6 +131,13 @@ class Progress(BaseModel):
     total: int
 
 
+class GenerationFailure(BaseModel):
+    """The last message of a generator replica for a job that failed in a way the user can act on."""
+
+    code: str
+    message: str
+
+
 class GenerationResult(BaseModel):
     """The last message of a generator replica for a job."""
 
@@ -203,6 +210,16 @@ class Job(BaseModel):
     @property
     def finished(self) -> bool:
         return self.status in TERMINAL
+
+
+class Refusal(BaseModel):
+    """Why the jobs deployment did not queue a request; the ingress turns it into an HTTP error."""
+
+    status: int
+    code: str
+    message: str
+    param: str | None = None
+    retry_after_s: int | None = None
 
 
 class JobList(BaseModel):

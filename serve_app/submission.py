@@ -9,9 +9,9 @@ from fastapi import Request
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.dependencies import IngressState
-from serve_app.errors import Conflict, InvalidRequest
+from serve_app.errors import InvalidRequest, Refused
 from serve_app.images import ImageLoader
-from serve_app.schemas import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, Job, VideoDetails, VideoRequest
+from serve_app.schemas import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, Job, Refusal, VideoDetails, VideoRequest
 from serve_app.validation import parse_form_video_request, parse_video_request, read_body
 from serve_app.webhooks import SECRET_ENV, webhook_secret
 
@@ -28,7 +28,11 @@ async def submit_job(request: Request, state: IngressState, owner: str) -> Job:
         video_request, requested = await parse_form_video_request(request.headers, body)
     else:
         video_request = parse_video_request(body)
+    _check_fits(video_request, state.args.max_video_pixels)
     idempotency_key = _idempotency_key(request)
+    # Refused before any image is fetched or decoded: a refused request leaves no trace.
+    if refusal := await state.jobs.admit.remote(owner, idempotency_key):
+        raise Refused(**refusal.model_dump())
     if video_request.webhook_url is not None:
         if webhook_secret() is None:
             raise InvalidRequest(
@@ -53,12 +57,8 @@ async def submit_job(request: Request, state: IngressState, owner: str) -> Job:
         request_hash=hashlib.sha256(video_request.model_dump_json().encode()).hexdigest(),
         webhook_url=video_request.webhook_url,
     )
-    if job is None:
-        raise Conflict(
-            f"This {IDEMPOTENCY_HEADER} was already used with a different request body.",
-            code="idempotency_conflict",
-            param=IDEMPOTENCY_HEADER,
-        )
+    if isinstance(job, Refusal):
+        raise Refused(**job.model_dump())
     return job
 
 
@@ -88,6 +88,16 @@ async def follow_job(jobs: DeploymentHandle, owner: str, job: Job, idle_s: float
             continue
         job = latest
         yield job
+
+
+def _check_fits(video_request: VideoRequest, max_video_pixels: int | None) -> None:
+    pixels = video_request.width * video_request.height * video_request.num_frames
+    if max_video_pixels is not None and pixels > max_video_pixels:
+        raise InvalidRequest(
+            f"{video_request.width}x{video_request.height} with {video_request.num_frames} frames is "
+            f"{pixels:,} pixels, over this server's limit of {max_video_pixels:,} (what its GPUs can hold). "
+            "Use a smaller size or fewer frames."
+        )
 
 
 def _idempotency_key(request: Request) -> str | None:

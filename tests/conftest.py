@@ -29,6 +29,9 @@ TEST_ARGS = {
     "sse_keepalive_s": 1,
     "webhook_retry_delays_s": [0.5, 0.5],
     "cors_origins": ["http://studio.example"],
+    "max_queued_jobs": 6,
+    "max_video_pixels": 256 * 256 * 121,
+    "max_jobs_per_key": 5,
 }
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"test webhook signing key").decode()
 SMALL = {"height": 64, "width": 64, "num_frames": 25, "num_inference_steps": 2}
@@ -66,8 +69,10 @@ def probe_mp4(data: bytes) -> dict:
 
 class _ImageHandler(BaseHTTPRequestHandler):
     routes: dict[str, tuple[int, str, bytes, dict]] = {}
+    requested: list[str] = []  # every path asked for, in order
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.requested.append(self.path)
         if self.path == "/slow.png":
             time.sleep(6)
         status, content_type, body, headers = self.routes.get(self.path, (404, "text/plain", b"no", {}))

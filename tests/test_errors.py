@@ -15,7 +15,15 @@ from serve_app.images import ImageLoader, ImagePolicy
 from serve_app.ingress import create_api
 from serve_app.jobs import Jobs
 from serve_app.outbound import OutboundPolicy
-from serve_app.schemas import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, Job, JobError, Progress, VideoDetails
+from serve_app.schemas import (
+    DEFAULT_NEGATIVE_PROMPT,
+    GenerationFailure,
+    GenerationRequest,
+    Job,
+    JobError,
+    Progress,
+    VideoDetails,
+)
 from serve_app.storage import ResultStorage
 
 SECRET = "device-side assert at /opt/internal/kernels.cu:42"
@@ -57,6 +65,7 @@ class FailingJobs:
             details=DETAILS,
         )
         error = JobError(code="generation_failed", message="Generation failed; the server log has the details.")
+        self.admit = _Call(None)
         self.submit = _Call(queued)
         self.watch = _Call(queued.model_copy(update={"status": "failed", "error": error}))
 
@@ -111,25 +120,32 @@ def test_a_webhook_needs_a_configured_secret(tmp_path, monkeypatch):
     assert "WAN_WEBHOOK_SECRET" in response.json()["error"]["message"]
 
 
-class _CrashingStream:
-    """Stands in for a generator replica's stream: it starts, then the GPU faults."""
+class _Stream:
+    """Stands in for a generator replica's stream: it starts, then ends with `outcome`, raised if
+    it is an exception."""
 
-    def __init__(self) -> None:
-        self._events = [Progress(step=0, total=2)]
+    def __init__(self, outcome) -> None:
+        self._events = [outcome, Progress(step=0, total=2)]
 
     def __aiter__(self):
         return self
 
     async def __anext__(self):
-        if self._events:
-            return self._events.pop()
-        raise RuntimeError(f"CUDA error: {SECRET}")
+        if not self._events:
+            raise StopAsyncIteration
+        event = self._events.pop()
+        if isinstance(event, Exception):
+            raise event
+        return event
 
     def cancel(self) -> None:
         pass
 
 
-class CrashingGenerator:
+class FaultyGenerator:
+    def __init__(self, outcome) -> None:
+        self._outcome = outcome
+
     def options(self, **kwargs):
         return self
 
@@ -138,21 +154,28 @@ class CrashingGenerator:
         return self
 
     def remote(self, request):
-        return _CrashingStream()
+        return _Stream(self._outcome)
+
+
+async def run_job(tmp_path, outcome) -> Job:
+    jobs = Jobs.__new__(Jobs)  # as Ray Serve builds a deployment with an async constructor
+    await jobs.__init__(FaultyGenerator(outcome), AppArgs(model="tiny", data_dir=tmp_path))
+    request = GenerationRequest(**DETAILS.model_dump(exclude={"mode", "image_url", "model", "requested", "timings"}))
+    job = await jobs.submit("owner", request, DETAILS)
+    while not job.finished:
+        job = await jobs.watch("owner", job.id, job, timeout_s=5)
+    return job
 
 
 def test_a_generation_that_raises_fails_its_job_without_leaking(tmp_path, caplog):
-    async def scenario() -> Job:
-        jobs = Jobs.__new__(Jobs)  # as Ray Serve builds a deployment with an async constructor
-        await jobs.__init__(CrashingGenerator(), AppArgs(model="tiny", data_dir=tmp_path))
-        request = GenerationRequest(**DETAILS.model_dump(exclude={"mode", "image_url", "model", "timings"}))
-        job = await jobs.submit("owner", request, DETAILS)
-        while not job.finished:
-            job = await jobs.watch("owner", job.id, job, timeout_s=5)
-        return job
-
     with caplog.at_level(logging.ERROR):
-        job = asyncio.run(scenario())
+        job = asyncio.run(run_job(tmp_path, RuntimeError(f"CUDA error: {SECRET}")))
     assert job.status == "failed" and job.error.code == "generation_failed"
     assert SECRET not in job.error.message and job.id in job.error.message
     assert SECRET in caplog.text
+
+
+def test_a_failure_the_replica_reports_becomes_the_jobs_error(tmp_path):
+    failure = GenerationFailure(code="gpu_out_of_memory", message="The GPU ran out of memory; try fewer frames.")
+    job = asyncio.run(run_job(tmp_path, failure))
+    assert job.status == "failed" and job.error.model_dump() == failure.model_dump()

@@ -37,8 +37,8 @@ BAD_BODIES = [
     ({"prompt": "a", "seed": "42"}, "seed", "integer"),
     ({"prompt": "a", "num_frame": 25}, "num_frame", "unknown field"),
     ({"prompt": "a", "image_url": "http://x/a.png", "image_base64": "AAAA"}, None, "at most one"),
-    ({"prompt": "a", "image_base64": "not base64!"}, "image_base64", "not valid base64"),
-    ({"prompt": "a", "image_base64": base64.b64encode(b"plain text").decode()}, "image_base64", "decoded"),
+    ({"prompt": "a", "image_base64": "not base64!", **SMALL}, "image_base64", "not valid base64"),
+    ({"prompt": "a", "image_base64": base64.b64encode(b"plain text").decode(), **SMALL}, "image_base64", "decoded"),
     ({"prompt": "a", "image_url": ""}, "image_url", "at least 1"),
 ]
 
@@ -72,7 +72,7 @@ def test_body_over_the_cap_is_a_413(client):
 
 def test_image_over_the_byte_cap_is_a_413(client):
     # 1.5 MiB of base64 payload against the test's 1 MiB image cap (the body cap is 2 MiB).
-    response = client.post("/predict", json={"prompt": "a", "image_base64": "A" * (2 * 2**20 - 4096)})
+    response = client.post("/predict", json={"prompt": "a", "image_base64": "A" * (2 * 2**20 - 4096), **SMALL})
     assert response.status_code == 413
     assert response.json()["error"]["param"] == "image_base64"
 
@@ -96,3 +96,12 @@ def test_service_still_generates_after_bad_inputs(client):
         client.post("/predict", json=body)
     response = client.post("/predict", json={"prompt": "still fine", **SMALL})
     assert response.status_code == 200
+
+
+def test_a_video_over_the_pixel_cap_is_refused_before_any_work(client):
+    response = client.post("/v1/videos", json={"prompt": "big", "width": 512, "height": 512, "num_frames": 49})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == (
+        "512x512 with 49 frames is 12,845,056 pixels, over this server's limit of 7,929,856 (what its GPUs can "
+        "hold). Use a smaller size or fewer frames."
+    )
