@@ -126,6 +126,9 @@ class Generator:
         pipe = model.i2v if request.image_png is not None else model.t2v
         generator = torch.Generator(device=model.device).manual_seed(request.seed)
         use_cfg = request.guidance_scale > 1.0
+        on_gpu = model.device.type == "cuda"
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats(model.device)
         report(Progress(step=0, total=request.num_inference_steps))
 
         # 1. Text encoding (the negative prompt only matters with guidance).
@@ -179,7 +182,11 @@ class Generator:
             "generated %dx%dx%d in %.2f s", request.width, request.height, request.num_frames, finished - started
         )
         return GenerationResult(
-            video_mp4=video, thumbnail_jpeg=encode_jpeg(frames[0]), model=model.name, timings=timings
+            video_mp4=video,
+            thumbnail_jpeg=encode_jpeg(frames[0]),
+            model=model.name,
+            timings=timings,
+            peak_gpu_memory_bytes=torch.cuda.max_memory_allocated(model.device) if on_gpu else None,
         )
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:

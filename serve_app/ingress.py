@@ -17,6 +17,7 @@ from serve_app.dependencies import IngressState
 from serve_app.errors import install_error_handlers
 from serve_app.images import ImageLoader, ImagePolicy
 from serve_app.logs import use_serve_log_handlers
+from serve_app.metrics import RequestMetrics
 from serve_app.outbound import OutboundPolicy
 from serve_app.page import page_router
 from serve_app.routes import health_router, predict_router
@@ -100,8 +101,10 @@ def create_api(state: IngressState, api_keys: ApiKeys | None) -> FastAPI:
             max_age=600,
         )
 
+    metrics = RequestMetrics()
+
     @api.middleware("http")
-    async def request_id(request: Request, call_next):
+    async def request_id_and_metrics(request: Request, call_next):
         # Ray's proxy gives every request an id, logs it and returns it as X-Request-ID: use the
         # same one in our error bodies and log lines. Outside Ray (unit tests) make one.
         ray_id = _get_serve_request_context().request_id
@@ -109,6 +112,8 @@ def create_api(state: IngressState, api_keys: ApiKeys | None) -> FastAPI:
         response = await call_next(request)
         if not ray_id:
             response.headers["X-Request-ID"] = request.state.request_id
+        route = request.scope.get("route")
+        metrics.request(route.path if route else "unmatched", request.method, response.status_code)
         return response
 
     api.include_router(page_router)

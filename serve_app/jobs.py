@@ -21,6 +21,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from serve_app.config import AppArgs
 from serve_app.job_store import JobStore
 from serve_app.logs import use_serve_log_handlers
+from serve_app.metrics import JobMetrics
 from serve_app.outbound import OutboundPolicy
 from serve_app.schemas import (
     GenerationFailure,
@@ -62,6 +63,7 @@ class Jobs:
         self._started_at: dict[str, float] = {}
         self._tasks: set[asyncio.Task] = set()
         self._changed = asyncio.Condition()
+        self._metrics = JobMetrics()
         await self._recover()
         self._spawn(self._expire_periodically())
 
@@ -111,6 +113,7 @@ class Jobs:
             webhook_url=webhook_url,
         )
         logger.info("job %s: queued for key %s", job.id, owner)
+        self._metrics.submitted(owner)
         self._dispatch(job.id, request)
         await self._notify()
         return self._view(job)
@@ -265,6 +268,7 @@ class Jobs:
         job = stored.job
         if progress.step == 0:
             self._started_at[job_id] = time.time()
+            self._metrics.started(self._started_at[job_id] - self._queued_at.get(job_id, self._started_at[job_id]))
             job = job.model_copy(update={"status": "in_progress", "started_at": int(time.time())})
             logger.info("job %s: started", job_id)
         else:
@@ -284,10 +288,15 @@ class Jobs:
         queued_s = self._started_at.get(job_id, 0.0) - self._queued_at.get(job_id, 0.0)
         timings = JobTimings(queued_s=round(queued_s, 3), **result.timings.model_dump())
         details = stored.job.details.model_copy(update={"model": result.model, "timings": timings})
-        await self._finish(job_id, "completed", details=details)
+        await self._finish(job_id, "completed", details=details, peak_gpu_memory_bytes=result.peak_gpu_memory_bytes)
 
     async def _finish(
-        self, job_id: str, status: str, error: JobError | None = None, details: VideoDetails | None = None
+        self,
+        job_id: str,
+        status: str,
+        error: JobError | None = None,
+        details: VideoDetails | None = None,
+        peak_gpu_memory_bytes: int | None = None,
     ) -> Job:
         """Move a job to its final status; a running generation is stopped."""
         stored = self._store.get(job_id)
@@ -304,7 +313,9 @@ class Jobs:
         )
         self._store.save(job)
         self._queued_at.pop(job_id, None)
-        self._started_at.pop(job_id, None)
+        started_at = self._started_at.pop(job_id, None)
+        gpu_s = time.time() - started_at if started_at is not None else 0.0
+        self._metrics.finished_job(stored.owner, job, gpu_s, peak_gpu_memory_bytes)
         stream = self._streams.pop(job_id, None)
         if stream is not None:
             # Queued: the router never assigns it. Running: the replica stops at the step's end.
@@ -331,6 +342,7 @@ class Jobs:
         return job.model_copy(update={"queue_position": self._store.queue_position(job.id)})
 
     async def _notify(self) -> None:
+        self._metrics.counts(self._store.count("queued"), self._store.count("in_progress"))
         async with self._changed:
             self._changed.notify_all()
 

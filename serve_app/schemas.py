@@ -145,6 +145,7 @@ class GenerationResult(BaseModel):
     thumbnail_jpeg: bytes = Field(description="The first frame.")
     model: str
     timings: StageTimings
+    peak_gpu_memory_bytes: int | None = Field(None, description="None on a CPU.")
 
 
 class JobTimings(StageTimings):

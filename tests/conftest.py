@@ -43,6 +43,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+METRICS_PORT = free_port()  # the Ray node's Prometheus endpoint
+
+
 def png_bytes(size: tuple[int, int], color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", size, color).save(out, format="PNG")
@@ -117,7 +120,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     os.environ["WAN_API_KEYS"] = ",".join(API_KEYS)
     os.environ.pop("WAN_API_KEYS_FILE", None)
     os.environ["WAN_WEBHOOK_SECRET"] = WEBHOOK_SECRET
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=METRICS_PORT)
     yield
     serve.shutdown()
     ray.shutdown()
