@@ -11,6 +11,7 @@ from fastapi import Request
 from serve_app.errors import Unauthorized
 
 ANONYMOUS = "anonymous"
+KEYS_ENV, KEYS_FILE_ENV = "WAN_API_KEYS", "WAN_API_KEYS_FILE"
 
 
 class ApiKeys:
@@ -22,8 +23,8 @@ class ApiKeys:
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> "ApiKeys":
         """Keys from WAN_API_KEYS (comma-separated) and the file named by WAN_API_KEYS_FILE."""
-        keys = environ.get("WAN_API_KEYS", "").split(",")
-        keys_file = environ.get("WAN_API_KEYS_FILE")
+        keys = environ.get(KEYS_ENV, "").split(",")
+        keys_file = environ.get(KEYS_FILE_ENV)
         if keys_file:
             keys += Path(keys_file).read_text().splitlines()
         return cls(key.strip() for key in keys if key.strip())
