@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import ray
 import torch
 from PIL import Image
 
@@ -40,6 +41,7 @@ class Generator:
         # One thread: a replica never runs two generations at once, whatever its config says.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wan-generate")
         self._broken: str | None = None  # why this replica can no longer generate
+        self._worker_name = _worker_name()
 
     async def generate(
         self, request: GenerationRequest
@@ -129,7 +131,7 @@ class Generator:
         on_gpu = model.device.type == "cuda"
         if on_gpu:
             torch.cuda.reset_peak_memory_stats(model.device)
-        report(Progress(step=0, total=request.num_inference_steps))
+        report(Progress(step=0, total=request.num_inference_steps, worker=self._worker_name))
 
         # 1. Text encoding (the negative prompt only matters with guidance).
         started = time.perf_counter()
@@ -198,3 +200,12 @@ class Generator:
         # (1, 3, frames, height, width) in [-1, 1] -> (frames, height, width, 3) uint8, in place.
         video = video[0].clamp_(-1, 1).add_(1).mul_(127.5).round_().to(torch.uint8)
         return video.permute(1, 2, 3, 0).contiguous().cpu().numpy()
+
+
+def _worker_name() -> str | None:
+    """The Ray node and GPU this replica runs on, reported with each job (None outside Ray)."""
+    if not ray.is_initialized():
+        return None
+    gpus = ",".join(map(str, ray.get_gpu_ids())) or "none"
+    return f"node {ray.get_runtime_context().get_node_id()[:12]}, GPU {gpus}"
+

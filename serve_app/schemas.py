@@ -129,6 +129,7 @@ class Progress(BaseModel):
 
     step: int
     total: int
+    worker: str | None = Field(None, description="At step 0: the node and GPU the job runs on.")
 
 
 class GenerationFailure(BaseModel):
@@ -197,6 +198,7 @@ class Job(BaseModel):
     status: JobStatus
     progress: int = Field(0, ge=0, le=100, description="From denoising steps; 100 only when completed.")
     queue_position: int | None = Field(None, description="While queued: 1 means next to start.")
+    worker: str | None = Field(None, description="The Ray node and GPU that ran the job.")
     created_at: int = Field(description="Unix seconds.")
     started_at: int | None = None
     completed_at: int | None = Field(None, description="When the job ended, whatever its final status.")

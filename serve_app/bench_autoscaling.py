@@ -1,0 +1,157 @@
+"""Autoscaling on queue depth, on a local multi-node Ray cluster of simulated GPU nodes.
+
+    python -m serve_app.bench_autoscaling [--gpu-nodes 2] [--jobs 4] [--json out.json]
+
+A head node with no GPU and `--gpu-nodes` worker nodes that each declare one GPU (Ray's
+accounting is what places replicas; the generation itself runs on the CPU with `tiny`). The
+generator deployment scales from zero, up to one replica per GPU, with one replica more allowed
+than there are GPUs, to show that it is never placed without one, and back to zero when idle.
+It prints what it measured: cold start, time to full scale, the most replicas running, where
+each job ran, and the time back to zero.
+"""
+
+import argparse
+import json
+import os
+import socket
+import tempfile
+import time
+
+import httpx
+
+GENERATOR = "Generator"
+KEY = "autoscaling-bench-key"
+JOB = {"prompt": "a windmill", "height": 128, "width": 128, "num_frames": 49, "num_inference_steps": 100}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def config(port: int, data_dir: str, max_replicas: int) -> dict:
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": port, "request_timeout_s": 600},
+        "applications": [
+            {
+                "name": "wan",
+                "route_prefix": "/",
+                "import_path": "serve_app.app:build_app",
+                "args": {"model": "tiny", "device": "cpu", "data_dir": data_dir, "cache_dir": data_dir},
+                "deployments": [
+                    {"name": "Ingress", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0}},
+                    {
+                        "name": GENERATOR,
+                        "max_ongoing_requests": 1,
+                        # A GPU from Ray's point of view, though the work runs on the CPU.
+                        "ray_actor_options": {"num_gpus": 1, "num_cpus": 1},
+                        "autoscaling_config": {
+                            "min_replicas": 0,
+                            "initial_replicas": 0,
+                            "max_replicas": max_replicas,
+                            "target_ongoing_requests": 1,
+                            "upscale_delay_s": 1,
+                            "downscale_delay_s": 5,
+                            "downscale_to_zero_delay_s": 5,
+                            "metrics_interval_s": 1,
+                            "look_back_period_s": 2,
+                        },
+                        "graceful_shutdown_timeout_s": 30,
+                    },
+                ],
+            }
+        ],
+    }
+
+
+def replicas() -> dict[str, int]:
+    from ray import serve
+
+    app = serve.status().applications.get("wan")
+    deployment = app.deployments.get(GENERATOR) if app else None
+    return dict(deployment.replica_states) if deployment else {}
+
+
+def run(gpu_nodes: int, jobs: int) -> dict:
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.serve._private import api as serve_private_api
+    from ray.serve.schema import ServeDeploySchema
+
+    os.environ["WAN_API_KEYS"] = KEY  # inherited by the nodes' processes
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False})
+    for _ in range(gpu_nodes):
+        cluster.add_node(num_cpus=2, num_gpus=1)
+    ray.init(address=cluster.address, log_to_driver=False)
+    port = free_port()
+    try:
+        with tempfile.TemporaryDirectory(prefix="wan-autoscaling-") as data_dir:
+            schema = ServeDeploySchema.model_validate(config(port, data_dir, max_replicas=gpu_nodes + 1))
+            client = serve_private_api.serve_start(http_options=schema.http_options.model_dump())
+            client.deploy_apps(schema, _blocking=True)
+            figures = _scenario(f"http://127.0.0.1:{port}", gpu_nodes, jobs)
+            figures["head_node"] = ray.get_runtime_context().get_node_id()[:12]
+            return figures
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def _scenario(url: str, gpu_nodes: int, jobs: int) -> dict:
+    api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    idle = replicas().get("RUNNING", 0)
+    started = time.monotonic()
+    ids = [api.post("/v1/videos", json=JOB).raise_for_status().json()["id"] for _ in range(jobs)]
+    first = full = None
+    most_running = 0
+    states_seen: set[str] = set()
+    while True:
+        states = replicas()
+        states_seen |= {state for state, count in states.items() if count}
+        running = states.get("RUNNING", 0)
+        most_running = max(most_running, running)
+        now = time.monotonic() - started
+        first = first if first is not None or running < 1 else now
+        full = full if full is not None or running < gpu_nodes else now
+        finished = [api.get(f"/v1/videos/{job_id}").json() for job_id in ids]
+        if all(job["status"] in ("completed", "failed", "cancelled") for job in finished):
+            break
+        time.sleep(0.25)
+    done = time.monotonic()
+    while replicas().get("RUNNING", 0) or replicas().get("STOPPING", 0):
+        time.sleep(0.5)
+    return {
+        "gpu_nodes": gpu_nodes,
+        "jobs": jobs,
+        "replicas_before": idle,
+        "cold_start_s": round(first, 1),
+        "full_scale_s": round(full, 1) if full is not None else None,
+        "most_replicas_running": most_running,
+        "replica_states_seen": sorted(states_seen),
+        "all_jobs_s": round(done - started, 1),
+        "back_to_zero_s": round(time.monotonic() - done, 1),
+        "statuses": [job["status"] for job in finished],
+        "workers": [job["worker"] for job in finished],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu-nodes", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=6)
+    parser.add_argument("--json", help="also write the figures here")
+    opts = parser.parse_args()
+    figures = run(opts.gpu_nodes, opts.jobs)
+    print(json.dumps(figures, indent=2))
+    if opts.json:
+        with open(opts.json, "w") as out:
+            json.dump(figures, out, indent=2)
+
+
+if __name__ == "__main__":
+    main()
