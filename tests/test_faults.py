@@ -1,6 +1,7 @@
 """Nothing is lost: a generator replica killed mid-job, an ingress replica killed mid-job, and
 a restart of the whole application."""
 
+import copy
 import time
 
 import httpx
@@ -73,3 +74,20 @@ def test_results_survive_a_restart_of_the_application(client, service, service_c
     assert interrupted["status"] == "failed" and interrupted["error"]["code"] == "interrupted"
     # A job that was waiting in the queue is queued again, and runs.
     assert wait_for(client, queued["id"])["status"] == "completed"
+
+
+def test_a_rolling_update_of_the_generators_lets_the_running_job_finish(client, service, service_config):
+    job = submit(client, **{**SLOW, "num_inference_steps": 40})
+    wait_for(client, job["id"], until=lambda j: j["status"] == "in_progress")
+    # A new actor option replaces every generator replica; Serve drains the old one first, for
+    # up to its graceful_shutdown_timeout_s (60 s in the local config, longer than this job).
+    updated = copy.deepcopy(service_config)
+    generator = next(d for d in updated["applications"][0]["deployments"] if d["name"] == "Generator")
+    generator["ray_actor_options"]["num_cpus"] = 0.5
+    try:
+        deploy(updated)
+        done = wait_for(client, job["id"])
+        assert done["status"] == "completed", done["error"]
+        assert wait_for(client, submit(client, **SMALL)["id"])["status"] == "completed"
+    finally:
+        deploy(service_config)
