@@ -30,6 +30,8 @@ def build_app(args: AppArgs) -> Application:
         # Every follower of a job (SSE, a waiting /predict) holds one long-poll call here.
         max_ongoing_requests=10_000,
         ray_actor_options={"num_cpus": 0},
+        # On a rolling update or shutdown it follows its running jobs to their end (see Jobs.__del__).
+        graceful_shutdown_timeout_s=1200,
     )
     ingress = serve.deployment(serve.ingress()(Ingress), name=INGRESS_DEPLOYMENT)
     return ingress.bind(jobs.bind(generator.bind(args), args), args)

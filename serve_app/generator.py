@@ -208,4 +208,3 @@ def _worker_name() -> str | None:
         return None
     gpus = ",".join(map(str, ray.get_gpu_ids())) or "none"
     return f"node {ray.get_runtime_context().get_node_id()[:12]}, GPU {gpus}"
-

@@ -18,11 +18,18 @@ CREATE TABLE IF NOT EXISTS jobs (
     idempotency_key TEXT,
     request_hash TEXT,
     webhook_url TEXT,
+    runner TEXT,                            -- the jobs replica that dispatched it (see runners)
     request TEXT NOT NULL,                  -- GenerationRequest JSON, to dispatch again after a restart
     job TEXT NOT NULL,                      -- Job JSON, without queue_position
     UNIQUE (owner, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
+-- Jobs replicas alive now: during a rolling update the old one finishes its jobs while the new
+-- one takes new ones; a replica whose heartbeat stops leaves its jobs to be adopted.
+CREATE TABLE IF NOT EXISTS runners (
+    id TEXT PRIMARY KEY,
+    heartbeat REAL NOT NULL
+);
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, seq);
 """
 
@@ -119,9 +126,23 @@ class JobStore:
         )
         return [Job.model_validate_json(job) for (job,) in self._db.execute(query, (owner, cursor, limit))]
 
-    def unfinished(self) -> list[Job]:
-        """Queued and running jobs, in submission order."""
-        rows = self._db.execute("SELECT job FROM jobs WHERE status IN ('queued', 'in_progress') ORDER BY seq")
+    def heartbeat(self, runner: str, now: float) -> None:
+        self._db.execute("INSERT OR REPLACE INTO runners (id, heartbeat) VALUES (?, ?)", (runner, now))
+
+    def retire(self, runner: str) -> None:
+        self._db.execute("DELETE FROM runners WHERE id = ?", (runner,))
+
+    def claim(self, job_id: str, runner: str | None) -> None:
+        self._db.execute("UPDATE jobs SET runner = ? WHERE id = ?", (runner, job_id))
+
+    def orphans(self, alive_since: float) -> list[Job]:
+        """Queued and running jobs, in submission order, whose runner has not been heard of
+        since `alive_since` (or that have none)."""
+        rows = self._db.execute(
+            "SELECT job FROM jobs WHERE status IN ('queued', 'in_progress') AND (runner IS NULL OR runner NOT IN "
+            "(SELECT id FROM runners WHERE heartbeat >= ?)) ORDER BY seq",
+            (alive_since,),
+        )
         return [Job.model_validate_json(job) for (job,) in rows]
 
     def expired(self, now: float) -> list[str]:

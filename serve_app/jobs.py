@@ -8,6 +8,7 @@ replicas ask it for jobs; it never talks HTTP to users.
 """
 
 import asyncio
+import contextlib
 import logging
 import math
 import secrets
@@ -64,8 +65,30 @@ class Jobs:
         self._tasks: set[asyncio.Task] = set()
         self._changed = asyncio.Condition()
         self._metrics = JobMetrics()
-        await self._recover()
+        self._runner = "jobs-" + secrets.token_hex(6)
+        self._releasing: set[str] = set()  # queued jobs handed over to the next replica
+        self._stopping = False
+        self._store.heartbeat(self._runner, time.time())
+        await self._adopt_orphans()
+        self._spawn(self._keep_alive())
         self._spawn(self._expire_periodically())
+
+    async def __del__(self) -> None:
+        """Serve calls this on a graceful shutdown (a rolling update, `serve.delete`), within the
+        deployment's graceful_shutdown_timeout_s: jobs still queued are handed to the next jobs
+        replica, running ones are followed to their end."""
+        queued = [
+            job_id for job_id in self._streams if (stored := self._store.get(job_id)) and stored.job.status == "queued"
+        ]
+        for job_id in queued:
+            self._releasing.add(job_id)
+            self._store.claim(job_id, None)
+            self._streams.pop(job_id).cancel()
+        running = [task for task in self._tasks if task.get_name().startswith("follow:")]
+        logger.info("shutting down: %d queued jobs handed over, waiting for %d running", len(queued), len(running))
+        if running:
+            await asyncio.wait(running)
+        self._store.retire(self._runner)
 
     # Called by the ingress.
 
@@ -174,10 +197,10 @@ class Jobs:
                 remaining = deadline - time.monotonic()
                 if job is None or job != seen or job.finished or remaining <= 0:
                     return job
-                try:
-                    await asyncio.wait_for(self._changed.wait(), remaining)
-                except TimeoutError:
-                    return job
+                # Woken by our own changes, and every second for those of another jobs replica
+                # (during a rolling update both write to the database).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), min(remaining, 1.0))
 
     async def cancel(self, owner: str, job_id: str) -> Job | None:
         """Cancel a queued or running job (a finished one is returned as it is)."""
@@ -209,24 +232,38 @@ class Jobs:
 
     # Running jobs.
 
-    async def _recover(self) -> None:
-        """After a restart: a job that was running has lost its generation, one that was queued
-        has lost its place in the router's queue. The first fails, the second is queued again."""
-        for job in self._store.unfinished():
+    async def _adopt_orphans(self) -> None:
+        """Jobs whose jobs replica is gone (it crashed, or the application restarted): one that was
+        running has lost its generation and fails; one that was queued is queued again, here."""
+        for job in self._store.orphans(alive_since=time.time() - _RUNNER_TIMEOUT_S):
             if job.status == "in_progress":
                 await self._finish(
                     job.id,
                     "failed",
-                    JobError(code="interrupted", message="The service restarted while this job ran; submit it again."),
+                    JobError(
+                        code="interrupted",
+                        message="The jobs service stopped while this job ran (a crash); submit it again.",
+                    ),
                 )
             else:
                 self._dispatch(job.id, self._store.request(job.id))
 
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(_HEARTBEAT_S)
+            try:
+                self._store.heartbeat(self._runner, time.time())
+                if not self._stopping:
+                    await self._adopt_orphans()
+            except Exception:
+                logger.exception("heartbeat failed; trying again")
+
     def _dispatch(self, job_id: str, request: GenerationRequest) -> None:
+        self._store.claim(job_id, self._runner)
         self._queued_at[job_id] = time.time()
         stream = self._generator.generate.remote(request)
         self._streams[job_id] = stream
-        self._spawn(self._follow(job_id, stream))
+        self._spawn(self._follow(job_id, stream), name=f"follow:{job_id}")
 
     async def _follow(self, job_id: str, stream: DeploymentResponseGenerator) -> None:
         result: GenerationResult | GenerationFailure | None = None
@@ -238,7 +275,8 @@ class Jobs:
                     result = event
         except Exception as exc:
             stored = self._store.get(job_id)
-            if stored is None or stored.job.finished:  # cancelled or deleted: the stream was cancelled for it
+            # Cancelled, deleted or handed over: the stream was cancelled for it.
+            if stored is None or stored.job.finished or job_id in self._releasing:
                 return
             if isinstance(exc, RayActorError):
                 error = JobError(
@@ -263,7 +301,7 @@ class Jobs:
 
     async def _progress(self, job_id: str, progress: Progress) -> None:
         stored = self._store.get(job_id)
-        if stored is None or stored.job.finished:
+        if stored is None or stored.job.finished or job_id in self._releasing:
             return
         job = stored.job
         if progress.step == 0:
@@ -348,10 +386,15 @@ class Jobs:
         async with self._changed:
             self._changed.notify_all()
 
-    def _spawn(self, work: Coroutine) -> None:
-        task = asyncio.create_task(work)
+    def _spawn(self, work: Coroutine, name: str | None = None) -> None:
+        task = asyncio.create_task(work, name=name)
         self._tasks.add(task)  # the loop holds tasks weakly
         task.add_done_callback(self._tasks.discard)
+
+
+_HEARTBEAT_S = 2.0
+# A jobs replica not heard of for this long is gone: its jobs are adopted.
+_RUNNER_TIMEOUT_S = 10.0
 
 
 def _bounded(seconds: float) -> int:

@@ -57,7 +57,7 @@ def test_a_killed_ingress_loses_nothing(client, service):
     assert wait_for(client, job["id"])["status"] == "completed"
 
 
-def test_results_survive_a_restart_of_the_application(client, service, service_config):
+def test_a_restart_of_the_application_keeps_results_and_finishes_its_jobs(client, service, service_config):
     done = submit(client, seed=5, **SMALL)
     wait_for(client, done["id"])
     video = client.get(f"/v1/videos/{done['id']}/content").content
@@ -65,15 +65,43 @@ def test_results_survive_a_restart_of_the_application(client, service, service_c
     wait_for(client, running["id"], until=lambda j: j["progress"] > 0)
     queued = submit(client, **SMALL)
 
+    # A graceful stop: the jobs replica follows the running job to its end and hands the queued
+    # one over to its successor.
     serve.delete("wan")
     deploy(service_config)
 
     assert client.get(f"/v1/videos/{done['id']}/content").content == video
     assert done["id"] in [j["id"] for j in client.get("/v1/videos", params={"limit": 100}).json()["data"]]
-    interrupted = client.get(f"/v1/videos/{running['id']}").json()
-    assert interrupted["status"] == "failed" and interrupted["error"]["code"] == "interrupted"
-    # A job that was waiting in the queue is queued again, and runs.
+    assert client.get(f"/v1/videos/{running['id']}").json()["status"] == "completed"
     assert wait_for(client, queued["id"])["status"] == "completed"
+
+
+def test_a_crashed_jobs_replica_fails_its_running_job_and_requeues_the_rest(client, service):
+    running = submit(client, **SLOW)
+    wait_for(client, running["id"], until=lambda j: j["progress"] > 0)
+    queued = submit(client, **SMALL)
+    kill_replica("Jobs")
+
+    # Its successor adopts the jobs once the dead replica's heartbeat is stale.
+    interrupted = wait_for(client, running["id"], timeout=90)
+    assert interrupted["status"] == "failed" and interrupted["error"]["code"] == "interrupted"
+    assert wait_for(client, queued["id"], timeout=120)["status"] == "completed"
+
+
+def test_a_rolling_update_of_the_whole_application_finishes_running_and_queued_jobs(client, service, service_config):
+    running = submit(client, **SLOW)
+    wait_for(client, running["id"], until=lambda j: j["progress"] > 0)
+    queued = submit(client, **SMALL)
+    # A new application argument replaces every replica of every deployment.
+    updated = copy.deepcopy(service_config)
+    updated["applications"][0]["args"]["retention_hours"] = 25
+    try:
+        deploy(updated)
+        assert wait_for(client, running["id"])["status"] == "completed"
+        assert wait_for(client, queued["id"])["status"] == "completed"
+        assert wait_for(client, submit(client, **SMALL)["id"])["status"] == "completed"
+    finally:
+        deploy(service_config)
 
 
 def test_a_rolling_update_of_the_generators_lets_the_running_job_finish(client, service, service_config):
