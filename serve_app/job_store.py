@@ -45,9 +45,14 @@ class StoredJob:
 class JobStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None)  # autocommit: every write is durable at once
-        self._db.execute("PRAGMA journal_mode=WAL")
+        # Autocommit: every write is durable at once. The default rollback journal, not WAL: the
+        # file may sit on a network volume that two jobs replicas on two hosts share while one
+        # cluster replaces another, and WAL needs memory shared by all its users.
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
         self._db.executescript(_SCHEMA)
+        columns = {name for _, name, *_ in self._db.execute("PRAGMA table_info(jobs)")}
+        if "runner" not in columns:  # a database made before jobs replicas kept heartbeats
+            self._db.execute("ALTER TABLE jobs ADD COLUMN runner TEXT")
 
     def add(
         self,

@@ -122,8 +122,14 @@ def test_images_ports_secrets_and_volumes_are_consistent():
                     assert volume["persistentVolumeClaim"]["claimName"] in claims
                 mounted.setdefault(mount["mountPath"], set()).add(container["name"])
     # The paths in the application's arguments are on volumes, where the processes using them run.
-    assert args["data_dir"] == "/state" and mounted["/state"] == {"ray-head"}
-    assert args["results_url"] == "/results" and mounted["/results"] == {"ray-head", "ray-worker"}
+    # State and results on one volume that every pod mounts (read by every ingress replica, and
+    # shared by the old and the new cluster's heads during an upgrade).
+    assert args["data_dir"] == "/data/state" and args["results_url"] == "/data/results"
+    assert mounted["/data"] == {"ray-head", "ray-worker"}
+    (data,) = [
+        doc for doc in manifest() if doc["kind"] == "PersistentVolumeClaim" and doc["metadata"]["name"] == "wan-data"
+    ]
+    assert data["spec"]["accessModes"] == ["ReadWriteMany"]
     assert args["model"].startswith("/models/") and mounted["/models"] == {"ray-worker"}
 
 

@@ -86,7 +86,13 @@ def test_cuda_without_a_gpu_is_a_clear_error():
 
 def test_replica_that_cannot_load_its_model_fails_the_deployment(ray_cluster, tmp_path):
     app = build_app(
-        AppArgs(model=str(tmp_path / "missing"), device="cpu", max_constructor_retries=1, allow_unauthenticated=True)
+        AppArgs(
+            model=str(tmp_path / "missing"),
+            device="cpu",
+            max_constructor_retries=1,
+            allow_unauthenticated=True,
+            data_dir=tmp_path / "data",
+        )
     )
     with pytest.raises(RuntimeError, match="Deploying application broken failed"):
         serve.run(app, name="broken", route_prefix="/broken")
