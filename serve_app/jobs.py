@@ -1,10 +1,14 @@
 """The jobs deployment: the one source of truth for job state, and the queue.
 
-Exactly one replica. It records every job in SQLite (`job_store`), hands queued jobs to the
+One replica. It records every job in SQLite (`job_store`), hands queued jobs to the
 generator deployment in submission order (Serve's router assigns them first come, first served
 as replicas free up, and autoscales the generators on that queue), follows each generation's
 progress stream, writes results to storage, sends webhooks and deletes what has expired. Ingress
 replicas ask it for jobs; it never talks HTTP to users.
+
+During a rolling update an old and a new replica overlap, sharing the database: each keeps a
+heartbeat there and dispatches only the jobs it claimed; the old one hands its queued jobs over
+and finishes its running ones. Jobs whose replica stopped beating are adopted.
 """
 
 import asyncio
