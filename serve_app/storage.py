@@ -34,9 +34,6 @@ class ResultStorage:
     def read(self, job_id: str, name: str) -> bytes:
         return self._fs.cat_file(self._path(job_id, name))
 
-    def exists(self, job_id: str) -> bool:
-        return self._fs.exists(self._path(job_id))
-
     def delete(self, job_id: str) -> None:
         if self._fs.exists(self._path(job_id)):
             self._fs.rm(self._path(job_id), recursive=True)
