@@ -123,7 +123,8 @@ def _scenario(url: str, gpu_nodes: int, jobs: int) -> dict:
             break
         time.sleep(0.25)
     done = time.monotonic()
-    while replicas().get("RUNNING", 0) or replicas().get("STOPPING", 0):
+    deadline = done + 120
+    while (replicas().get("RUNNING", 0) or replicas().get("STOPPING", 0)) and time.monotonic() < deadline:
         time.sleep(0.5)
     return {
         "gpu_nodes": gpu_nodes,
@@ -135,6 +136,7 @@ def _scenario(url: str, gpu_nodes: int, jobs: int) -> dict:
         "replica_states_seen": sorted(states_seen),
         "all_jobs_s": round(done - started, 1),
         "back_to_zero_s": round(time.monotonic() - done, 1),
+        "replicas_after": sum(replicas().values()),
         "statuses": [job["status"] for job in finished],
         "workers": [job["worker"] for job in finished],
     }
