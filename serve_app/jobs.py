@@ -309,11 +309,9 @@ class Jobs:
             return
         job = stored.job
         if progress.step == 0:
-            self._started_at[job_id] = time.time()
-            self._metrics.started(self._started_at[job_id] - self._queued_at.get(job_id, self._started_at[job_id]))
-            job = job.model_copy(
-                update={"status": "in_progress", "started_at": int(time.time()), "worker": progress.worker}
-            )
+            now = self._started_at[job_id] = time.time()
+            self._metrics.started(now - self._queued_at.get(job_id, now))
+            job = job.model_copy(update={"status": "in_progress", "started_at": int(now), "worker": progress.worker})
             logger.info("job %s: started", job_id)
         else:
             # 100 is kept for a finished video: decoding and encoding come after the last step.

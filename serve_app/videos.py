@@ -1,7 +1,6 @@
 """HTTP routes of the jobs API, `/v1/videos`, modelled on the OpenAI videos API: submit, then
 poll or follow events, then download."""
 
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
@@ -149,4 +148,4 @@ def _not_found(video_id: str) -> NotFound:
 
 
 def _event(job: Job) -> str:
-    return f"data: {json.dumps(job.model_dump(mode='json'))}\n\n"
+    return f"data: {job.model_dump_json()}\n\n"
