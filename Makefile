@@ -29,7 +29,7 @@ run: install
 	$(BIN)/serve run serve_config.local.yaml
 
 lint: install
-	$(BIN)/ruff check serve_app tests
+	$(BIN)/ruff check serve_app tests loadtests
 
 $(CHROMIUM):
 	$(SUDO) apt-get update -qq

@@ -12,94 +12,37 @@ each job ran, and the time back to zero.
 
 import argparse
 import json
-import os
-import socket
 import tempfile
 import time
 
 import httpx
 
-GENERATOR = "Generator"
+from serve_app.local_cluster import cluster_config, free_port, replicas, serve_on_gpu_cluster
+
 KEY = "autoscaling-bench-key"
 JOB = {"prompt": "a windmill", "height": 128, "width": 128, "num_frames": 49, "num_inference_steps": 100}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def config(port: int, data_dir: str, max_replicas: int) -> dict:
-    return {
-        "proxy_location": "HeadOnly",
-        "http_options": {"host": "127.0.0.1", "port": port, "request_timeout_s": 600},
-        "applications": [
-            {
-                "name": "wan",
-                "route_prefix": "/",
-                "import_path": "serve_app.app:build_app",
-                "args": {"model": "tiny", "device": "cpu", "data_dir": data_dir, "cache_dir": data_dir},
-                "deployments": [
-                    {"name": "Ingress", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0}},
-                    {
-                        "name": GENERATOR,
-                        "max_ongoing_requests": 1,
-                        # A GPU from Ray's point of view, though the work runs on the CPU.
-                        "ray_actor_options": {"num_gpus": 1, "num_cpus": 1},
-                        "autoscaling_config": {
-                            "min_replicas": 0,
-                            "initial_replicas": 0,
-                            "max_replicas": max_replicas,
-                            "target_ongoing_requests": 1,
-                            "upscale_delay_s": 1,
-                            "downscale_delay_s": 5,
-                            "downscale_to_zero_delay_s": 5,
-                            "metrics_interval_s": 1,
-                            "look_back_period_s": 2,
-                        },
-                        "graceful_shutdown_timeout_s": 30,
-                    },
-                ],
-            }
-        ],
-    }
-
-
-def replicas() -> dict[str, int]:
-    from ray import serve
-
-    app = serve.status().applications.get("wan")
-    deployment = app.deployments.get(GENERATOR) if app else None
-    return dict(deployment.replica_states) if deployment else {}
+AUTOSCALING = {
+    "min_replicas": 0,
+    "initial_replicas": 0,
+    "upscale_delay_s": 1,
+    "downscale_delay_s": 5,
+    "downscale_to_zero_delay_s": 5,
+    "metrics_interval_s": 1,
+    "look_back_period_s": 2,
+}
 
 
 def run(gpu_nodes: int, jobs: int) -> dict:
     import ray
-    from ray.cluster_utils import Cluster
-    from ray.serve._private import api as serve_private_api
-    from ray.serve.schema import ServeDeploySchema
 
-    os.environ["WAN_API_KEYS"] = KEY  # inherited by the nodes' processes
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False})
-    for _ in range(gpu_nodes):
-        cluster.add_node(num_cpus=2, num_gpus=1)
-    ray.init(address=cluster.address, log_to_driver=False)
-    port = free_port()
-    try:
-        with tempfile.TemporaryDirectory(prefix="wan-autoscaling-") as data_dir:
-            schema = ServeDeploySchema.model_validate(config(port, data_dir, max_replicas=gpu_nodes + 1))
-            client = serve_private_api.serve_start(http_options=schema.http_options.model_dump())
-            client.deploy_apps(schema, _blocking=True)
-            figures = _scenario(f"http://127.0.0.1:{port}", gpu_nodes, jobs)
+    with tempfile.TemporaryDirectory(prefix="wan-autoscaling-") as data_dir:
+        args = {"model": "tiny", "device": "cpu", "data_dir": data_dir, "cache_dir": data_dir}
+        # One replica more allowed than there are GPUs, to show that none is placed without one.
+        config = cluster_config(free_port(), args, {**AUTOSCALING, "max_replicas": gpu_nodes + 1})
+        with serve_on_gpu_cluster(gpu_nodes, config, KEY) as url:
+            figures = _scenario(url, gpu_nodes, jobs)
             figures["head_node"] = ray.get_runtime_context().get_node_id()[:12]
             return figures
-    finally:
-        from ray import serve
-
-        serve.shutdown()
-        ray.shutdown()
-        cluster.shutdown()
 
 
 def _scenario(url: str, gpu_nodes: int, jobs: int) -> dict:

@@ -50,9 +50,9 @@ def main() -> None:
 
     generator = Generator(args)
     request = GenerationRequest(**body, negative_prompt=DEFAULT_NEGATIVE_PROMPT, guidance_scale=5.0, fps=24)
-    generator.run(request)  # warm-up
-    local = [_timed(lambda: generator.run(request))[0] for _ in range(opts.runs)]
-    local_video = generator.run(request).video_mp4
+    generator.runner.run(request)  # warm-up
+    local = [_timed(lambda: generator.runner.run(request))[0] for _ in range(opts.runs)]
+    local_video = generator.runner.run(request).video_mp4
 
     ray.init(
         num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": THREADS}}

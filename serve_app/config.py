@@ -1,11 +1,30 @@
 """Typed application arguments: the `args` of an application in a Serve config file."""
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_MODEL = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
+
+AttentionBackend = Literal[
+    "auto", "native", "_native_cudnn", "_native_flash", "_native_efficient", "flash", "_flash_3", "sage"
+]
+CompileMode = Literal["off", "regional", "full"]
+MemoryMode = Literal["auto", "full", "model_offload", "group_offload"]
+Switch = Literal["auto", "on", "off"]
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """What the app arguments of the same names ask for; `auto` is resolved on the replica."""
+
+    cfg_batch: bool = True
+    attention_backend: AttentionBackend = "auto"
+    compile: CompileMode = "off"
+    vae_tiling: Switch = "auto"
+    memory_mode: MemoryMode = "auto"
 
 
 class AppArgs(BaseModel):
@@ -16,7 +35,14 @@ class AppArgs(BaseModel):
     model: str = Field(
         DEFAULT_MODEL,
         description="Hugging Face id or local path of a Diffusers-format Wan2.2 TI2V checkpoint, "
-        "or `tiny` for a small random checkpoint built locally (tests, CPU demos).",
+        "or `tiny` for a small random checkpoint built locally (tests, CPU demos), or `simulated` for the "
+        "capacity simulator: no model, each job takes the time of a latency model of an L40 (load tests).",
+    )
+    simulated_time_scale: float = Field(
+        0.01,
+        gt=0,
+        description="With `model: simulated`, the factor applied to the L40 latency model's time: 0.01 turns "
+        "a 6-minute job into 3.6 s.",
     )
     device: Literal["auto", "cuda", "cpu"] = Field(
         "auto",
@@ -93,6 +119,46 @@ class AppArgs(BaseModel):
         description="Origins (e.g. https://studio.example.com) of web pages served elsewhere that may call "
         "the API from a browser. Empty: none; the page at `/` needs no CORS.",
     )
+
+    cfg_batch: bool = Field(
+        True,
+        description="Run the conditional and unconditional passes of each denoising step as one batch of two "
+        "(same result, one transformer call a step).",
+    )
+    attention_backend: AttentionBackend = Field(
+        "auto",
+        description="Attention kernel: `auto` picks FlashAttention-3 (Hopper), SageAttention or FlashAttention-2 "
+        "when installed, else PyTorch's cuDNN attention; the choice is reported in /readyz.",
+    )
+    compile: CompileMode = Field(
+        "off",
+        description="torch.compile of the transformer: `regional` (its repeated block, compiles in less time) or "
+        "`full`, warmed up at replica start so that no user pays the compilation.",
+    )
+    warmup_size: str = Field(
+        "1280x704x121",
+        pattern=r"^\d+x\d+x\d+$",
+        description="WIDTHxHEIGHTxFRAMES of the 2-step generation a GPU replica (or a compiled one) runs before it "
+        "takes jobs.",
+    )
+    vae_tiling: Switch = Field(
+        "auto", description="Decode the video in tiles (less memory, slower). `auto`: on when the model is offloaded."
+    )
+    memory_mode: MemoryMode = Field(
+        "auto",
+        description="`full`: everything on the GPU; `model_offload`: one model on the GPU at a time (24 GB cards); "
+        "`group_offload`: layer by layer (smaller cards). `auto`: by the GPU memory free at replica start.",
+    )
+
+    @property
+    def pipeline_options(self) -> PipelineOptions:
+        return PipelineOptions(
+            cfg_batch=self.cfg_batch,
+            attention_backend=self.attention_backend,
+            compile=self.compile,
+            vae_tiling=self.vae_tiling,
+            memory_mode=self.memory_mode,
+        )
 
     @property
     def results_location(self) -> str:

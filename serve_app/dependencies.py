@@ -24,7 +24,7 @@ class IngressState:
     images: ImageLoader
     outbound: OutboundPolicy
     storage: ResultStorage
-    is_ready: Callable[[], Awaitable[bool]]
+    running_generators: Callable[[], Awaitable[int]]
 
 
 def ingress_state(request: Request) -> IngressState:

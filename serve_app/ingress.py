@@ -54,16 +54,16 @@ class Ingress:
             images=ImageLoader(policy),
             outbound=OutboundPolicy(policy.allowlist),
             storage=ResultStorage(self._args.results_location),
-            is_ready=self.generator_ready,
+            running_generators=self.running_generators,
         )
         return create_api(state, self._api_keys)
 
-    async def generator_ready(self) -> bool:
+    async def running_generators(self) -> int:
         # Asking the controller, not a replica: a replica busy with a 10-minute job is still ready.
         status = await asyncio.to_thread(serve.status)
         app = status.applications.get(serve.get_replica_context().app_name)
         deployment = app.deployments.get(GENERATOR_DEPLOYMENT) if app else None
-        return bool(deployment and deployment.replica_states.get("RUNNING", 0) > 0)
+        return deployment.replica_states.get("RUNNING", 0) if deployment else 0
 
 
 def load_api_keys(args: AppArgs) -> ApiKeys | None:

@@ -63,6 +63,8 @@ class Jobs:
             WebhookSender(key, outbound, args.webhook_retry_delays_s, args.webhook_timeout_s) if key else None
         )
         self._streams: dict[str, DeploymentResponseGenerator] = {}
+        # How each generator replica runs the model, as it reported with its latest job: for /readyz.
+        self._generators: dict[str, dict] = {}
         # Job id -> when it was queued, when it started (Job's timestamps are whole seconds).
         self._queued_at: dict[str, float] = {}
         self._started_at: dict[str, float] = {}
@@ -171,6 +173,10 @@ class Jobs:
                 retry_after_s=_bounded(run_s),
             )
         return None
+
+    async def generators(self) -> dict[str, dict]:
+        """How each generator replica that ran a job since this replica started runs the model, by worker."""
+        return dict(self._generators)
 
     async def get(self, owner: str, job_id: str) -> Job | None:
         """The job, or None when it does not exist or belongs to another key."""
@@ -312,6 +318,8 @@ class Jobs:
             now = self._started_at[job_id] = time.time()
             self._metrics.started(now - self._queued_at.get(job_id, now))
             job = job.model_copy(update={"status": "in_progress", "started_at": int(now), "worker": progress.worker})
+            if progress.runtime is not None:
+                self._generators[progress.worker or "local"] = progress.runtime
             logger.info("job %s: started", job_id)
         else:
             # 100 is kept for a finished video: decoding and encoding come after the last step.
@@ -329,7 +337,9 @@ class Jobs:
         self._recent_run_s.append(time.time() - self._started_at.get(job_id, time.time()))
         queued_s = self._started_at.get(job_id, 0.0) - self._queued_at.get(job_id, 0.0)
         timings = JobTimings(queued_s=round(queued_s, 3), **result.timings.model_dump())
-        details = stored.job.details.model_copy(update={"model": result.model, "timings": timings})
+        details = stored.job.details.model_copy(
+            update={"model": result.model, "timings": timings, "simulated": result.simulated or None}
+        )
         await self._finish(job_id, "completed", details=details, peak_gpu_memory_bytes=result.peak_gpu_memory_bytes)
 
     async def _finish(

@@ -73,7 +73,7 @@ class JobMetrics:
         if job.status != "completed" or timings is None:
             return
         self.key_video_seconds.inc(job.details.num_frames / job.details.fps, tags={"key": key})
-        for stage in ("text_encoding", "denoising", "decoding", "encoding"):
+        for stage in ("text_encoding", "denoising", "decoding", "transfer", "encoding"):
             self.stage.observe(getattr(timings, f"{stage}_s"), tags={"stage": stage})
         if timings.denoising_s > 0:
             self.steps_per_second.observe(job.details.num_inference_steps / timings.denoising_s)

@@ -14,6 +14,7 @@ from serve_app.auth import require_api_key
 from serve_app.dependencies import Owner, State
 from serve_app.errors import Conflict, GenerationFailed, error_body, request_id_of
 from serve_app.schemas import VIDEO_REQUEST_BODY, ErrorResponse, PredictResponse, error_responses
+from serve_app.simulator import L40_FIXED_S, L40_STEP_S, SIMULATED
 from serve_app.storage import VIDEO
 from serve_app.submission import follow_job, submit_job
 
@@ -83,9 +84,24 @@ async def healthz() -> dict[str, str]:
 
 @health_router.get("/readyz", responses={503: {"model": ErrorResponse}})
 async def readyz(state: State) -> Any:
-    """At least one generator replica has its model loaded."""
-    if await state.is_ready():
-        return {"status": "ready", "model": state.args.model}
+    """At least one generator replica has its model loaded; says how many, how those that ran a
+    job run the model (attention backend, memory mode, compilation...), and whether they are the
+    capacity simulator."""
+    replicas = await state.running_generators()
+    if replicas:
+        ready = {
+            "status": "ready",
+            "model": state.args.model,
+            "generator_replicas": replicas,
+            # Reported by each replica with its first job: how it runs the model.
+            "generators": await state.jobs.generators.remote(),
+        }
+        if state.args.model == SIMULATED:
+            ready["simulator"] = {
+                "time_scale": state.args.simulated_time_scale,
+                "latency_model": f"L40: {L40_FIXED_S:g} s + {L40_STEP_S:g} s per step at 1280x704x121",
+            }
+        return ready
     return JSONResponse(
         error_body("not_ready", "No generator replica has its model loaded yet."),
         status_code=503,

@@ -16,6 +16,7 @@ DEFAULT_NEGATIVE_PROMPT = (
 SIZE_MULTIPLE = 32  # the VAE compresses 16x and the transformer patches 2x
 MIN_FRAMES, MAX_FRAMES = 25, 121
 MAX_SEED = 2**63 - 1
+SpeedMode = Literal["quality", "fast"]
 
 
 class VideoRequest(BaseModel):
@@ -51,6 +52,11 @@ class VideoRequest(BaseModel):
         min_length=1,
         max_length=4096,
         description="http(s) URL that receives a signed POST (Standard Webhooks) when the job completes or fails.",
+    )
+    speed_mode: SpeedMode = Field(
+        "quality",
+        description="`fast`: step caching (FirstBlockCache) skips most of the transformer on steps where its "
+        "first block's output barely changed; faster, with some loss of detail and motion (see the README).",
     )
 
     @field_validator("prompt")
@@ -103,6 +109,7 @@ class StageTimings(BaseModel):
     text_encoding_s: float
     denoising_s: float
     decoding_s: float
+    transfer_s: float = Field(0.0, description="Copying the decoded uint8 video from the GPU to the host.")
     encoding_s: float
 
 
@@ -122,6 +129,7 @@ class GenerationRequest(BaseModel):
     fps: int
     seed: int
     image_png: bytes | None = Field(None, description="First frame, already `width` x `height`.")
+    speed_mode: SpeedMode = "quality"
 
 
 class Progress(BaseModel):
@@ -130,6 +138,9 @@ class Progress(BaseModel):
     step: int
     total: int
     worker: str | None = Field(None, description="At step 0: the node and GPU the job runs on.")
+    runtime: dict | None = Field(
+        None, description="At step 0: how the replica runs the model (device, attention backend, memory mode...)."
+    )
 
 
 class GenerationFailure(BaseModel):
@@ -147,6 +158,7 @@ class GenerationResult(BaseModel):
     model: str
     timings: StageTimings
     peak_gpu_memory_bytes: int | None = Field(None, description="None on a CPU.")
+    simulated: bool = Field(False, description="Made by the capacity simulator: timings only, no real video.")
 
 
 class JobTimings(StageTimings):
@@ -167,6 +179,7 @@ class VideoDetails(BaseModel):
     guidance_scale: float
     fps: int
     seed: int
+    speed_mode: SpeedMode = "quality"
     mode: Literal["t2v", "ti2v"]
     image_url: str | None = None
     model: str | None = None
@@ -174,6 +187,9 @@ class VideoDetails(BaseModel):
         None, description="OpenAI-style `size`, `seconds`, `model` as sent, before mapping to the values above."
     )
     timings: JobTimings | None = None
+    simulated: bool | None = Field(
+        None, description="True when the capacity simulator (`model: simulated`) made it: its video is a placeholder."
+    )
 
 
 class PredictResponse(BaseModel):

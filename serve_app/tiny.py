@@ -21,7 +21,7 @@ TINY_VERSION = "1"
 _SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]
 
 
-def _build_tokenizer():
+def build_tokenizer():
     """A small Unigram tokenizer (UMT5's kind), made offline with the `tokenizers` library."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import T5TokenizerFast
@@ -43,7 +43,7 @@ def _build_pipeline():
     from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(0)
-    tokenizer = _build_tokenizer()
+    tokenizer = build_tokenizer()
     text_dim = 32
     text_encoder = UMT5EncoderModel(
         UMT5Config(

@@ -30,13 +30,13 @@ def cli(service: str, *args: str, key: str = API_KEYS[0], **kwargs) -> subproces
 def test_the_cli_generates_a_video_with_progress(service, tmp_path):
     out, thumb, details = tmp_path / "cat.mp4", tmp_path / "cat.jpg", tmp_path / "cat.json"
     run = cli(service, "generate", "A cat dancing on a stage", *SMALL_FLAGS, "--seed", "8", "-o", str(out),
-              "--thumbnail", str(thumb), "--details", str(details))  # fmt: skip
+              "--thumbnail", str(thumb), "--details", str(details), "--speed-mode", "fast")  # fmt: skip
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 0, stderr
     assert probe_mp4(out.read_bytes())["frames"] == 25
     assert thumb.read_bytes().startswith(b"\xff\xd8")
     job = json.loads(details.read_text())
-    assert job["status"] == "completed" and job["details"]["seed"] == 8
+    assert job["status"] == "completed" and job["details"]["seed"] == 8 and job["details"]["speed_mode"] == "fast"
     # Not a terminal here: one line per change, rising to 100%.
     percents = [int(line.split("]")[1].split("%")[0]) for line in stderr.splitlines() if line.startswith("[")]
     assert percents == sorted(percents) and percents[-1] == 100 and len(percents) >= 3

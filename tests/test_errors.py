@@ -70,7 +70,7 @@ class FailingJobs:
         self.watch = _Call(queued.model_copy(update={"status": "failed", "error": error}))
 
 
-async def _broken_readiness() -> bool:
+async def _broken_readiness() -> int:
     raise ConnectionError(f"controller unreachable: {SECRET}")
 
 
@@ -81,7 +81,7 @@ def api_client(tmp_path) -> TestClient:
         images=ImageLoader(ImagePolicy(max_bytes=2**20, max_pixels=10**6, fetch_timeout_s=1)),
         outbound=OutboundPolicy(),
         storage=ResultStorage(str(tmp_path)),
-        is_ready=_broken_readiness,
+        running_generators=_broken_readiness,
     )
     return TestClient(create_api(state, ApiKeys(["k"])), raise_server_exceptions=False)
 

@@ -38,7 +38,7 @@ def raising(error: Exception):
 
 
 def test_out_of_memory_fails_the_job_with_advice_and_the_replica_carries_on(generator, monkeypatch):
-    transformer = generator._model.t2v.transformer
+    transformer = generator.runner.model.t2v.transformer
     monkeypatch.setattr(transformer, "forward", raising(torch.OutOfMemoryError("CUDA out of memory.")))
     failure = outcome(generator)
     assert failure == GenerationFailure(
@@ -51,7 +51,7 @@ def test_out_of_memory_fails_the_job_with_advice_and_the_replica_carries_on(gene
 
 
 def test_a_cuda_error_makes_the_health_check_fail(generator, monkeypatch):
-    transformer = generator._model.t2v.transformer
+    transformer = generator.runner.model.t2v.transformer
     monkeypatch.setattr(transformer, "forward", raising(RuntimeError("CUDA error: an illegal memory access")))
     with pytest.raises(RuntimeError, match="illegal memory access"):
         outcome(generator)

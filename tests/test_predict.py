@@ -2,7 +2,7 @@
 
 import base64
 
-from conftest import SMALL, png_bytes, probe_mp4
+from conftest import SMALL, TIMINGS, png_bytes, probe_mp4
 
 from serve_app.schemas import DEFAULT_NEGATIVE_PROMPT
 
@@ -37,7 +37,7 @@ def test_text_to_video_returns_the_requested_mp4(client):
         "seed": 7,
     }
     assert details["guidance_scale"] == 5.0
-    assert set(details["timings"]) == {"queued_s", "text_encoding_s", "denoising_s", "decoding_s", "encoding_s"}
+    assert set(details["timings"]) == TIMINGS
 
 
 def test_defaults_are_the_guides_and_the_negative_prompt_is_the_authors(client):
@@ -100,13 +100,37 @@ def test_guidance_one_runs_without_the_negative_pass(client):
     assert probe_mp4(video)["frames"] == 25
 
 
-def test_operational_routes_are_open_and_documented(service):
+def test_fast_mode_is_reported_and_changes_the_video(client):
+    body = {"prompt": "a lantern", **SMALL, "num_inference_steps": 8, "seed": 5}
+    quality = client.post("/predict", json=body).json()
+    fast = client.post("/predict", json={**body, "speed_mode": "fast"}).json()
+    assert quality["details"]["speed_mode"] == "quality" and fast["details"]["speed_mode"] == "fast"
+    assert fast["video_base64"] != quality["video_base64"]
+    # The seed still reproduces a fast video.
+    assert client.post("/predict", json={**body, "speed_mode": "fast"}).json()["video_base64"] == fast["video_base64"]
+    assert probe_mp4(base64.b64decode(fast["video_base64"]))["frames"] == 25
+
+
+def test_operational_routes_are_open_and_documented(service, client):
     import httpx
+
+    assert client.post("/predict", json={"prompt": "a lantern", **SMALL}).status_code == 200
 
     health = httpx.get(f"{service}/healthz")
     assert health.json() == {"status": "ok"}
     assert len(health.headers.get_list("x-request-id")) == 1
-    assert httpx.get(f"{service}/readyz").json() == {"status": "ready", "model": "tiny"}
+    ready = httpx.get(f"{service}/readyz").json()
+    assert {key: ready[key] for key in ("status", "model", "generator_replicas")} == {
+        "status": "ready",
+        "model": "tiny",
+        "generator_replicas": 1,
+    }
+    # With its first job, the replica said how it runs the model.
+    (runtime,) = ready["generators"].values()
+    assert runtime == {
+        "model": "tiny", "device": "cpu", "memory_mode": "full", "attention_backend": "native", "compile": "off",
+        "cfg_batch": True, "vae_tiling": False,
+    }  # fmt: skip
     spec = httpx.get(f"{service}/openapi.json").json()
     assert {"/predict", "/v1/videos", "/v1/videos/{video_id}/content", "/v1/videos/{video_id}/events"} <= set(
         spec["paths"]

@@ -30,6 +30,7 @@ BAD_BODIES = [
     ({"prompt": "a", "guidance_scale": 0.5}, "guidance_scale", "greater than or equal to 1"),
     ({"prompt": "a", "guidance_scale": 20.5}, "guidance_scale", "less than or equal to 20"),
     ({"prompt": "a", "guidance_scale": "high"}, "guidance_scale", "number"),
+    ({"prompt": "a", "speed_mode": "turbo"}, "speed_mode", "'quality' or 'fast'"),
     ({"prompt": "a", "fps": 0}, "fps", "greater than or equal to 1"),
     ({"prompt": "a", "fps": 61}, "fps", "less than or equal to 60"),
     ({"prompt": "a", "seed": -1}, "seed", "greater than or equal to 0"),

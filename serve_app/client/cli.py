@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--guidance-scale", type=float, help="1.0-20.0 (default 5.0)")
     generate.add_argument("--fps", type=int, help="1-60 (default 24)")
     generate.add_argument("--seed", type=int, help="for a reproducible video (default: drawn, and reported)")
+    generate.add_argument(
+        "--speed-mode", choices=("quality", "fast"), help="fast: step caching, quicker, less detail (default quality)"
+    )
     generate.add_argument("--image", help="first frame: a file or an http(s) URL (text+image to video)")
     generate.add_argument("-o", "--output", type=Path, default=Path("output.mp4"), help="MP4 to write")
     generate.add_argument("--thumbnail", type=Path, help="also write the first frame as a JPEG here")
@@ -62,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
 def _generate(client: WanClient, args: argparse.Namespace) -> int:
     params = {
         name: getattr(args, name)
-        for name in ("negative_prompt", "height", "width", "num_frames", "num_inference_steps", "guidance_scale")
-    }
+        for name in (
+            "negative_prompt", "height", "width", "num_frames", "num_inference_steps", "guidance_scale", "speed_mode"
+        )
+    }  # fmt: skip
     started = time.monotonic()
     job = client.submit(args.prompt, image=args.image, fps=args.fps, seed=args.seed, **params)
     print(f"job {job.id} queued", file=sys.stderr)
