@@ -12,15 +12,12 @@ one byte a channel whatever the options.
 """
 
 import importlib.util
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 from diffusers import FirstBlockCacheConfig, WanPipeline
 from diffusers.hooks import HookRegistry, ModelHook
-
-logger = logging.getLogger(__name__)
 
 GiB = 2**30
 # Free GPU memory at start above which everything stays on the GPU (the guide's 48 GB L40 ran the

@@ -8,6 +8,7 @@ import sys
 import time
 
 import httpx
+import pytest
 from conftest import API_KEYS, NO_LOAD_TEST_FAILURES, ROOT
 
 LOAD_KEY = API_KEYS[1]
@@ -78,6 +79,23 @@ def test_429_and_503_are_counted_as_rejections_not_failures(service, tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert f"- rejected (429 too_many_jobs): {sum(s['status'] == 429 for s in rejected)}" in report
     assert NO_LOAD_TEST_FAILURES in report
+    wait_until_idle(service)
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    # Users over a 9 s run of 4 users at most: rising from 1, or 1 with all 4 for the middle third.
+    [("ramp", lambda counts: counts == sorted(counts) and counts[0] <= 2 and counts[-1] == 4),
+     ("burst", lambda counts: counts[0] == 1 and 4 in counts and counts[-1] == 1)],
+)  # fmt: skip
+def test_load_shapes_set_the_user_count_over_the_run(service, tmp_path, shape, expected):
+    run = load_test(service, tmp_path, "--load-shape", shape, "--users", "4", "--run-time", "9s",
+                    "--user-classes", "JobsUser")  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    with (tmp_path / "locust_stats_history.csv").open() as rows:
+        counts = [int(row["User Count"]) for row in csv.DictReader(rows) if row["Name"] == "Aggregated"]
+    counts = [count for count in counts if count]  # before the first user and after the last
+    assert expected(counts), counts
     wait_until_idle(service)
 
 

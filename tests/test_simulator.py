@@ -108,7 +108,7 @@ def test_a_deployed_simulator_says_so_in_readyz_and_in_every_job(service, simula
 def test_the_capacity_simulation_scales_out_and_compares_the_queue_with_mmc(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "loadtests.simulate", "--gpu-nodes", "2", "--time-scale", "0.005",
-         "--utilisation", "0.7", "--run-time", "40s", "--users", "2", "--out", str(tmp_path)],
+         "--utilisation", "0.7", "--run-time", "70s", "--users", "2", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
