@@ -12,6 +12,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -43,6 +44,18 @@ def parse_duration(text: str) -> float:
     if number:
         raise argparse.ArgumentTypeError(f"{text!r}: give a unit (s, m or h) after {number}")
     return total
+
+
+def size(text: str) -> str:
+    if not re.fullmatch(r"\d+x\d+", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 1280x704")
+    return text
+
+
+def steps_mix(text: str) -> str:
+    if not re.fullmatch(r"\d+(:\d+(\.\d+)?)?(,\d+(:\d+(\.\d+)?)?)*", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a mix like 20:2,30:4 (steps:weight, ...)")
+    return text
 
 
 def redacted(argv: list[str]) -> list[str]:
@@ -89,8 +102,8 @@ def main(argv: list[str] | None = None, command: str | None = None) -> int:
     parser.add_argument("--run-time", type=parse_duration, default="10m", help="how long to load: 60s, 10m, 2h")
     parser.add_argument("--user-classes", nargs="+", default=["JobsUser", "PredictUser"])
     parser.add_argument("--load-shape", choices=("steady", "ramp", "burst"), default="steady")
-    parser.add_argument("--steps-mix", default="20:2,30:4,50:3,100:1", help="steps:weight,...")
-    parser.add_argument("--size", default="1280x704")
+    parser.add_argument("--steps-mix", type=steps_mix, default="20:2,30:4,50:3,100:1", help="steps:weight,...")
+    parser.add_argument("--size", type=size, default="1280x704", help="WIDTHxHEIGHT")
     parser.add_argument("--frames", type=int, default=121)
     parser.add_argument("--arrival-rate", type=float, default=0.0, help="jobs/s, open loop (JobsUser only)")
     parser.add_argument("--think-time", type=float, default=1.0)
@@ -108,7 +121,7 @@ def main(argv: list[str] | None = None, command: str | None = None) -> int:
     if not ready:
         print(f"{host}/readyz does not answer 'ready': is the service up, with a generator replica?", file=sys.stderr)
         return 2
-    # The key goes through the environment: it stays out of the process list and the report.
+    # The key goes to Locust through the environment, not its command line; the report omits it.
     locust = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host,
         "--users", str(opts.users), "--spawn-rate", str(opts.spawn_rate), "--run-time", f"{run_time_s:.0f}s",

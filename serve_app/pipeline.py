@@ -75,8 +75,7 @@ class PipelineRunner:
         pipe = model.i2v if request.image_png is not None else model.t2v
         generator = torch.Generator(device=model.device).manual_seed(request.seed)
         use_cfg = request.guidance_scale > 1.0
-        on_gpu = model.device.type == "cuda"
-        if on_gpu:
+        if self.on_gpu:
             torch.cuda.reset_peak_memory_stats(model.device)
 
         # 1. Text encoding (the negative prompt only matters with guidance).
@@ -115,9 +114,9 @@ class PipelineRunner:
 
         # 3. VAE decoding, to uint8 on the device: the host never holds a float copy of the video,
         # and receives one byte a channel.
-        video = self._decode(latents)
+        on_device = self._decode(latents)
         decoded = self._clock()
-        frames = video.cpu().numpy()
+        frames = on_device.cpu().numpy()
         transferred = time.perf_counter()
 
         # 4. MP4 encoding.
@@ -139,7 +138,7 @@ class PipelineRunner:
             thumbnail_jpeg=encode_jpeg(frames[0]),
             model=model.name,
             timings=timings,
-            peak_gpu_memory_bytes=torch.cuda.max_memory_allocated(model.device) if on_gpu else None,
+            peak_gpu_memory_bytes=torch.cuda.max_memory_allocated(model.device) if self.on_gpu else None,
         )
 
     def _guidance(self, negative_embeds: torch.Tensor | None):

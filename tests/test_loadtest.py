@@ -108,9 +108,15 @@ def test_an_unreachable_service_is_a_clear_error(tmp_path):
     assert "http://127.0.0.1:9/readyz does not answer 'ready'" in run.stderr
 
 
-def test_a_bad_run_time_is_refused(tmp_path):
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("--run-time", "5x", "'5x' is not a duration like 90s, 5m or 1h30m"),
+     ("--size", "1280", "'1280' is not a size like 1280x704"),
+     ("--steps-mix", "20;2", "'20;2' is not a mix like 20:2,30:4 (steps:weight, ...)")],
+)  # fmt: skip
+def test_bad_options_are_refused_before_any_load(tmp_path, option, value, message):
     run = subprocess.run(
-        [sys.executable, "-m", "loadtests", "--host", "http://127.0.0.1:9", "--run-time", "5x", "--out", str(tmp_path)],
+        [sys.executable, "-m", "loadtests", "--host", "http://127.0.0.1:9", option, value, "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
     )  # fmt: skip
-    assert run.returncode == 2 and "'5x' is not a duration like 90s, 5m or 1h30m" in run.stderr
+    assert run.returncode == 2 and message in run.stderr
