@@ -18,7 +18,8 @@ Switch = Literal["auto", "on", "off"]
 
 @dataclass(frozen=True)
 class PipelineOptions:
-    """What the app arguments of the same names ask for; `auto` is resolved on the replica."""
+    """What the app arguments of the same names ask for (their defaults are these); `auto` is
+    resolved on the replica."""
 
     cfg_batch: bool = True
     attention_backend: AttentionBackend = "auto"
@@ -121,17 +122,17 @@ class AppArgs(BaseModel):
     )
 
     cfg_batch: bool = Field(
-        True,
+        PipelineOptions.cfg_batch,
         description="Run the conditional and unconditional passes of each denoising step as one batch of two "
         "(same result, one transformer call a step).",
     )
     attention_backend: AttentionBackend = Field(
-        "auto",
+        PipelineOptions.attention_backend,
         description="Attention kernel: `auto` picks FlashAttention-3 (Hopper), SageAttention or FlashAttention-2 "
         "when installed, else PyTorch's cuDNN attention; the choice is reported in /readyz.",
     )
     compile: CompileMode = Field(
-        "off",
+        PipelineOptions.compile,
         description="torch.compile of the transformer: `regional` (its repeated block, compiles in less time) or "
         "`full`, warmed up at replica start so that no user pays the compilation.",
     )
@@ -142,10 +143,11 @@ class AppArgs(BaseModel):
         "takes jobs.",
     )
     vae_tiling: Switch = Field(
-        "auto", description="Decode the video in tiles (less memory, slower). `auto`: on when the model is offloaded."
+        PipelineOptions.vae_tiling,
+        description="Decode the video in tiles (less memory, slower). `auto`: on when the model is offloaded.",
     )
     memory_mode: MemoryMode = Field(
-        "auto",
+        PipelineOptions.memory_mode,
         description="`full`: everything on the GPU; `model_offload`: one model on the GPU at a time (24 GB cards); "
         "`group_offload`: layer by layer (smaller cards). `auto`: by the GPU memory free at replica start.",
     )
