@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint bench
+.PHONY: install run test lint bench gpu-wheels
 
 install: $(VENV)/.installed
 
@@ -39,4 +39,14 @@ test: lint $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 bench: install
-	$(BIN)/python -m serve_app.bench_overhead
+	$(BIN)/python -m serve_app.benchmark.overhead
+
+# The packages a GPU machine's image (Python 3.12 with torch, transformers and accelerate) lacks for
+# the GPU check, as wheels, into .whl/ (git-ignored, 38 MB): see docs/performance.md.
+GPU_WHEELS := diffusers==0.42.1 importlib-metadata==10.2.0 imageio-ffmpeg==0.6.0 pydantic==2.14.4 \
+	pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0 \
+	ftfy==6.3.1 wcwidth==0.9.4
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl $(GPU_WHEELS)

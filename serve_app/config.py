@@ -12,8 +12,9 @@ AttentionBackend = Literal[
     "auto", "native", "_native_cudnn", "_native_flash", "_native_efficient", "flash", "_flash_3", "sage"
 ]
 CompileMode = Literal["off", "regional", "full"]
-MemoryMode = Literal["auto", "full", "model_offload", "group_offload"]
+MemoryMode = Literal["auto", "full", "text_encoder_offload", "model_offload", "group_offload"]
 Switch = Literal["auto", "on", "off"]
+Dtype = Literal["auto", "bfloat16", "float32"]
 
 
 @dataclass(frozen=True)
@@ -21,11 +22,19 @@ class PipelineOptions:
     """What the app arguments of the same names ask for (their defaults are these); `auto` is
     resolved on the replica."""
 
+    dtype: Dtype = "auto"
     cfg_batch: bool = True
     attention_backend: AttentionBackend = "auto"
     compile: CompileMode = "off"
     vae_tiling: Switch = "auto"
     memory_mode: MemoryMode = "auto"
+    warmup_size: str = "1280x704x121"
+
+    @property
+    def warmup_dimensions(self) -> tuple[int, int, int]:
+        """(width, height, frames) of `warmup_size`."""
+        width, height, frames = (int(side) for side in self.warmup_size.split("x"))
+        return width, height, frames
 
 
 class AppArgs(BaseModel):
@@ -121,15 +130,22 @@ class AppArgs(BaseModel):
         "the API from a browser. Empty: none; the page at `/` needs no CORS.",
     )
 
+    dtype: Dtype = Field(
+        PipelineOptions.dtype,
+        description="Dtype of the transformer and the text encoder (the VAE is always float32). `auto`: bfloat16 on "
+        "a GPU, float32 on a CPU; `bfloat16` on a CPU runs a GPU replica's dtypes there (slowly), for tests.",
+    )
     cfg_batch: bool = Field(
         PipelineOptions.cfg_batch,
         description="Run the conditional and unconditional passes of each denoising step as one batch of two "
-        "(same result, one transformer call a step).",
+        "(same result, one transformer call a step, twice its activations) where the memory plan allows it; "
+        "false: always one pass after the other.",
     )
     attention_backend: AttentionBackend = Field(
         PipelineOptions.attention_backend,
-        description="Attention kernel: `auto` picks FlashAttention-3 (Hopper), SageAttention or FlashAttention-2 "
-        "when installed, else PyTorch's cuDNN attention; the choice is reported in /readyz.",
+        description="Attention kernel: `auto` takes the first that works of FlashAttention-3 (Hopper), "
+        "FlashAttention-2 and PyTorch's cuDNN attention, else PyTorch's default; `sage` (SageAttention, lossy: "
+        "8-bit) only when named. The choice is reported with every job.",
     )
     compile: CompileMode = Field(
         PipelineOptions.compile,
@@ -137,24 +153,29 @@ class AppArgs(BaseModel):
         "`full`, warmed up at replica start so that no user pays the compilation.",
     )
     warmup_size: str = Field(
-        "1280x704x121",
+        PipelineOptions.warmup_size,
         pattern=r"^\d+x\d+x\d+$",
-        description="WIDTHxHEIGHTxFRAMES of the 2-step generation a GPU replica (or a compiled one) runs before it "
-        "takes jobs.",
+        description="WIDTHxHEIGHTxFRAMES of the largest video the generator replicas prepare for: `auto` memory "
+        "options choose the fastest plan that fits it, and a GPU replica (or a compiled one) generates it in 2 "
+        "steps before it takes jobs.",
     )
     vae_tiling: Switch = Field(
         PipelineOptions.vae_tiling,
-        description="Decode the video in tiles (less memory, slower). `auto`: on when the model is offloaded.",
+        description="Decode the video in tiles (less memory, a little slower). `auto`: only where the untiled "
+        "decode would not fit (by the memory model).",
     )
     memory_mode: MemoryMode = Field(
         PipelineOptions.memory_mode,
-        description="`full`: everything on the GPU; `model_offload`: one model on the GPU at a time (24 GB cards); "
-        "`group_offload`: layer by layer (smaller cards). `auto`: by the GPU memory free at replica start.",
+        description="`full`: every model on the GPU; `text_encoder_offload`: the text encoder on the GPU only to "
+        "encode prompts; `model_offload`: one model at a time; `group_offload`: layer by layer. `auto`: the "
+        "fastest that fits `warmup_size` in the GPU memory free at replica start, by the memory model.",
     )
 
     @property
     def pipeline_options(self) -> PipelineOptions:
         return PipelineOptions(
+            dtype=self.dtype,
+            warmup_size=self.warmup_size,
             cfg_batch=self.cfg_batch,
             attention_backend=self.attention_backend,
             compile=self.compile,

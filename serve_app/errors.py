@@ -83,15 +83,6 @@ class GenerationFailed(ServiceError):
     code = "generation_failed"
 
 
-class ModelLoadError(RuntimeError):
-    """The checkpoint cannot be loaded: the generator replica must not start."""
-
-
-class GenerationCancelled(Exception):
-    """Raised in the generator's worker thread, at the end of a denoising step, when the job was
-    cancelled."""
-
-
 def error_body(code: str, message: str, param: str | None = None, request_id: str | None = None) -> dict:
     error = {"code": code, "message": message, "param": param}
     if request_id is not None:

@@ -14,10 +14,11 @@ import ray
 import torch
 
 from serve_app.config import AppArgs
+from serve_app.engine.errors import VideoTooLarge
 from serve_app.logs import use_serve_log_handlers
 from serve_app.model import load_model, resolve_device
 from serve_app.pipeline import PipelineRunner
-from serve_app.schemas import GenerationFailure, GenerationRequest, GenerationResult, Progress
+from serve_app.schemas import GenerationFailure, GenerationRequest, GenerationResult, Progress, Started
 from serve_app.simulator import SIMULATED, SimulatedRunner
 
 logger = logging.getLogger(__name__)
@@ -41,9 +42,9 @@ class Generator:
 
     async def generate(
         self, request: GenerationRequest
-    ) -> AsyncIterator[Progress | GenerationResult | GenerationFailure]:
-        """Streams `Progress` as the job advances, then the `GenerationResult` (or a
-        `GenerationFailure` when the GPU ran out of memory).
+    ) -> AsyncIterator[Started | Progress | GenerationResult | GenerationFailure]:
+        """Streams `Started`, then `Progress` as the job advances, then the `GenerationResult` (or a
+        `GenerationFailure` the user can act on: the video is too large, the GPU ran out of memory).
 
         Called with `handle.options(stream=True)`. Cancelling the call stops the pipeline at the end
         of its current step, and the call ends only once the worker thread is free again, so the
@@ -58,9 +59,7 @@ class Generator:
 
         # Copy the context so that log lines from the worker thread carry Serve's request id.
         context = contextvars.copy_context()
-        yield Progress(
-            step=0, total=request.num_inference_steps, worker=self._worker_name, runtime=self.runner.description
-        )
+        yield Started(worker=self._worker_name, runtime=self.runner.description, capacity=self.runner.capacity)
         work = loop.run_in_executor(self._worker, context.run, self.runner.run, request, report, cancel)
         # Queued after every `report` of the thread, so it comes last.
         work.add_done_callback(lambda _: events.put_nowait(None))
@@ -79,6 +78,8 @@ class Generator:
     def _outcome(self, work: asyncio.Future, request: GenerationRequest) -> GenerationResult | GenerationFailure:
         try:
             return work.result()
+        except VideoTooLarge as exc:
+            return GenerationFailure(code="video_too_large", message=str(exc))
         except torch.OutOfMemoryError:
             # Recoverable: free what the failed job held; the replica stays in service.
             if self.runner.on_gpu:

@@ -23,6 +23,7 @@ from collections.abc import Coroutine
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from serve_app.capacity import Capacity
 from serve_app.config import AppArgs
 from serve_app.job_store import JobStore
 from serve_app.logs import use_serve_log_handlers
@@ -38,7 +39,9 @@ from serve_app.schemas import (
     JobTimings,
     Progress,
     Refusal,
+    Started,
     VideoDetails,
+    VideoShape,
 )
 from serve_app.storage import THUMBNAIL, VIDEO, ResultStorage
 from serve_app.webhooks import WebhookSender, webhook_secret
@@ -65,6 +68,8 @@ class Jobs:
         self._streams: dict[str, DeploymentResponseGenerator] = {}
         # How each generator replica runs the model, as it reported with its latest job: for /readyz.
         self._generators: dict[str, dict] = {}
+        # What the generators' GPU memory allows, as the latest to start a job reported it.
+        self._capacity: Capacity | None = None
         # Job id -> when it was queued, when it started (Job's timestamps are whole seconds).
         self._queued_at: dict[str, float] = {}
         self._started_at: dict[str, float] = {}
@@ -121,7 +126,7 @@ class Jobs:
                     message="This Idempotency-Key was already used with a different request body.",
                     param="Idempotency-Key",
                 )
-        if refusal := await self.admit(owner):
+        if refusal := await self.admit(owner, shape=request.shape):
             return refusal
         job = Job(
             id="video_" + secrets.token_hex(16),
@@ -147,11 +152,16 @@ class Jobs:
         await self._notify()
         return self._view(job)
 
-    async def admit(self, owner: str, idempotency_key: str | None = None) -> Refusal | None:
-        """Whether a submission of this key would be queued now (checked again when it is). A
+    async def admit(
+        self, owner: str, idempotency_key: str | None = None, shape: VideoShape | None = None
+    ) -> Refusal | None:
+        """Whether a submission of this key would be queued now (checked again when it is): the
+        video fits the generators' GPU memory, and the queue and the key's share have room. A
         retry of an earlier submission is always let through: it gets that job back."""
         if idempotency_key is not None and self._store.find_idempotent(owner, idempotency_key):
             return None
+        if shape is not None and self._capacity is not None and (reason := shape.refusal(self._capacity)):
+            return Refusal(status=400, code="video_too_large", message=reason)
         running = max(1, self._store.count("in_progress"))
         run_s = sum(self._recent_run_s) / len(self._recent_run_s)
         queued = self._store.count("queued")
@@ -279,7 +289,9 @@ class Jobs:
         result: GenerationResult | GenerationFailure | None = None
         try:
             async for event in stream:
-                if isinstance(event, Progress):
+                if isinstance(event, Started):
+                    await self._started(job_id, event)
+                elif isinstance(event, Progress):
                     await self._progress(job_id, event)
                 else:
                     result = event
@@ -309,21 +321,25 @@ class Jobs:
         elif result is not None:
             await self._complete(job_id, result)
 
+    async def _started(self, job_id: str, started: Started) -> None:
+        self._generators[started.worker or "local"] = started.runtime
+        self._capacity = started.capacity
+        stored = self._store.get(job_id)
+        if stored is None or stored.job.finished or job_id in self._releasing:
+            return
+        now = self._started_at[job_id] = time.time()
+        self._metrics.started(now - self._queued_at.get(job_id, now))
+        job = stored.job.model_copy(update={"status": "in_progress", "started_at": int(now), "worker": started.worker})
+        logger.info("job %s: started", job_id)
+        self._store.save(job)
+        await self._notify()
+
     async def _progress(self, job_id: str, progress: Progress) -> None:
         stored = self._store.get(job_id)
         if stored is None or stored.job.finished or job_id in self._releasing:
             return
-        job = stored.job
-        if progress.step == 0:
-            now = self._started_at[job_id] = time.time()
-            self._metrics.started(now - self._queued_at.get(job_id, now))
-            job = job.model_copy(update={"status": "in_progress", "started_at": int(now), "worker": progress.worker})
-            if progress.runtime is not None:
-                self._generators[progress.worker or "local"] = progress.runtime
-            logger.info("job %s: started", job_id)
-        else:
-            # 100 is kept for a finished video: decoding and encoding come after the last step.
-            job = job.model_copy(update={"progress": min(99, 100 * progress.step // progress.total)})
+        # 100 is kept for a finished video: decoding and encoding come after the last step.
+        job = stored.job.model_copy(update={"progress": min(99, 100 * progress.step // progress.total)})
         self._store.save(job)
         await self._notify()
 

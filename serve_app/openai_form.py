@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from serve_app.errors import InvalidRequest
-from serve_app.schemas import MAX_FRAMES, MIN_FRAMES, SIZE_MULTIPLE, VideoRequest
+from serve_app.limits import MAX_FRAMES, MIN_FRAMES, SIZE_MULTIPLE
+from serve_app.schemas import VideoRequest
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from serve_app.capacity import Capacity
+from serve_app.limits import MAX_FRAMES, MAX_SEED, MIN_FRAMES, SIZE_MULTIPLE
+
 # The Wan2.2 authors' default negative prompt (sample_neg_prompt of the Wan2.2 repo's shared
 # config). diffusers does not apply it, so we do when the request omits `negative_prompt`.
 DEFAULT_NEGATIVE_PROMPT = (
@@ -13,10 +16,31 @@ DEFAULT_NEGATIVE_PROMPT = (
     "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，"
     "形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
-SIZE_MULTIPLE = 32  # the VAE compresses 16x and the transformer patches 2x
-MIN_FRAMES, MAX_FRAMES = 25, 121
-MAX_SEED = 2**63 - 1
 SpeedMode = Literal["quality", "fast"]
+
+
+class VideoShape(BaseModel):
+    """What the GPU memory a video needs depends on."""
+
+    width: int
+    height: int
+    num_frames: int
+    guidance: bool = Field(description="guidance_scale > 1: a second pass a step.")
+    image: bool = Field(description="A reference image to encode.")
+
+    @classmethod
+    def of(cls, request: "VideoRequest | GenerationRequest", image: bool) -> "VideoShape":
+        return cls(
+            width=request.width,
+            height=request.height,
+            num_frames=request.num_frames,
+            guidance=request.guidance_scale > 1.0,
+            image=image,
+        )
+
+    def refusal(self, capacity: Capacity) -> str | None:
+        """Why `capacity` cannot make it, or None."""
+        return capacity.refusal(self.width, self.height, self.num_frames, guidance=self.guidance, image=self.image)
 
 
 class VideoRequest(BaseModel):
@@ -102,6 +126,10 @@ class VideoRequest(BaseModel):
     def mode(self) -> Literal["t2v", "ti2v"]:
         return "t2v" if self.image_url is None and self.image_base64 is None else "ti2v"
 
+    @property
+    def shape(self) -> VideoShape:
+        return VideoShape.of(self, image=self.mode == "ti2v")
+
 
 class StageTimings(BaseModel):
     """Seconds spent in each stage of one generation."""
@@ -131,16 +159,24 @@ class GenerationRequest(BaseModel):
     image_png: bytes | None = Field(None, description="First frame, already `width` x `height`.")
     speed_mode: SpeedMode = "quality"
 
+    @property
+    def shape(self) -> VideoShape:
+        return VideoShape.of(self, image=self.image_png is not None)
+
+
+class Started(BaseModel):
+    """Sent by a generator replica first, when it starts a job."""
+
+    worker: str | None = Field(description="The Ray node and GPU the job runs on (None outside Ray).")
+    runtime: dict = Field(description="How the replica runs the model: device, dtype, plan, attention backend...")
+    capacity: Capacity | None = Field(None, description="What its GPU memory allows; None on a CPU.")
+
 
 class Progress(BaseModel):
-    """Sent by a generator replica when a job starts (step 0) and after each denoising step."""
+    """Sent by a generator replica after each denoising step."""
 
     step: int
     total: int
-    worker: str | None = Field(None, description="At step 0: the node and GPU the job runs on.")
-    runtime: dict | None = Field(
-        None, description="At step 0: how the replica runs the model (device, attention backend, memory mode...)."
-    )
 
 
 class GenerationFailure(BaseModel):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from serve_app.errors import GenerationCancelled
+from serve_app.engine.errors import GenerationCancelled
 from serve_app.schemas import GenerationRequest, GenerationResult, Progress, StageTimings
 from serve_app.video import encode_jpeg, encode_mp4
 
@@ -46,6 +46,7 @@ class SimulatedRunner:
 
     name = SIMULATED
     on_gpu = False
+    capacity = None
 
     def __init__(self, time_scale: float) -> None:
         self.time_scale = time_scale

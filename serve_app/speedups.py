@@ -2,90 +2,122 @@
 model, each switchable from the app arguments; and the per-request speed mode (step caching).
 
 - cfg_batch: the conditional and unconditional passes of a step run as one batch of two.
-- attention_backend: the fastest attention kernel installed, chosen at start.
+- attention_backend: the fastest attention kernel that works here, chosen at start.
 - compile: `torch.compile` of the transformer (whole, or its repeated block), warmed up at start.
-- vae_tiling: VAE decoding in tiles, for large sizes on small GPUs.
-- memory_mode: all on the GPU, or model / group CPU offload so that 24 GB cards work.
+- memory plan: where the models live and whether the VAE decodes in tiles (`capacity.Plan`,
+  chosen by `memory.choose_plan`).
 
 The decoded video is converted to uint8 on the device (see `pipeline.py`), so the host receives
 one byte a channel whatever the options.
 """
 
-import importlib.util
+import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from types import MethodType
 
 import torch
 from diffusers import FirstBlockCacheConfig, WanPipeline
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.models.attention_dispatch import dispatch_attention_fn
 
-GiB = 2**30
-# Free GPU memory at start above which everything stays on the GPU (the guide's 48 GB L40 ran the
-# model whole), and above which whole models are offloaded (a 24 GB card); below, group offload.
-FULL_MEMORY_BYTES = 40 * GiB
-MODEL_OFFLOAD_BYTES = 20 * GiB
+from serve_app.capacity import Plan
+
+logger = logging.getLogger(__name__)
+
 # FirstBlockCache's default: skip the other blocks while the first block's residual changes by
 # less than 5% between steps.
 FAST_MODE_THRESHOLD = 0.05
 CFG_HOOK = "wan_serve_batched_guidance"
-# The Python packages of the attention kernels that `auto` may pick, by preference.
-ATTENTION_PACKAGES = ("flash_attn_interface", "sageattention", "flash_attn")
+# VAE tiles of 512 pixels with 64 of overlap (diffusers' default: 256 and 64): a 1280x704 video
+# decodes in 6 tiles instead of 28, a third less work for the overlaps, and a working set that
+# is still a fraction of the untiled decode's.
+VAE_TILE, VAE_TILE_STRIDE = 512, 448
+# Attention kernels `auto` tries on a GPU, fastest first. SageAttention quantises Q and K to int8
+# (and P and V to fp8 on Ada and Hopper): lossy, so never picked for you; ask for `sage` by name.
+AUTO_ATTENTION = ("_flash_3", "flash", "_native_cudnn", "native")
 
 
-def choose_attention_backend(requested: str, device: torch.device) -> str:
-    """`auto` resolved for this replica's device and the attention kernels installed."""
-    if requested != "auto":
-        return requested
-    if device.type != "cuda":
-        return "native"
-    installed = {name for name in ATTENTION_PACKAGES if importlib.util.find_spec(name)}
-    return pick_attention_backend(torch.cuda.get_device_capability(device), installed)
+class AttentionUnavailable(RuntimeError):
+    """A named attention backend does not run here."""
 
 
-def pick_attention_backend(capability: tuple[int, int], installed: set[str]) -> str:
-    """FlashAttention-3 on Hopper, else SageAttention, else FlashAttention-2 (when installed), else
-    PyTorch's cuDNN attention (Ampere and later), else PyTorch's default."""
-    major, _ = capability
-    if major == 9 and "flash_attn_interface" in installed:
-        return "_flash_3"
-    if major >= 8 and "sageattention" in installed:
-        return "sage"
-    if major >= 8 and "flash_attn" in installed:
-        return "flash"
-    return "_native_cudnn" if major >= 8 else "native"
+def choose_attention_backend(transformer: torch.nn.Module, requested: str, device: torch.device) -> str:
+    """Set the attention backend on every attention of `transformer` and return its name.
+
+    `auto` tries AUTO_ATTENTION on a GPU (only `native` on a CPU) and keeps the first that diffusers
+    accepts (its own availability and version checks) and that runs a first call; each one that
+    does not is logged as a warning. A backend asked for by name must work, or AttentionUnavailable
+    says why.
+    """
+    candidates = (AUTO_ATTENTION if device.type == "cuda" else ("native",)) if requested == "auto" else (requested,)
+    return set_first_working_backend(transformer, candidates, device)
 
 
-def choose_memory_mode(requested: str, device: torch.device) -> str:
-    """`auto`: by the GPU memory free when the replica starts."""
-    if requested != "auto":
-        return requested
-    if device.type != "cuda":
-        return "full"
-    free, _ = torch.cuda.mem_get_info(device)
-    if free >= FULL_MEMORY_BYTES:
-        return "full"
-    return "model_offload" if free >= MODEL_OFFLOAD_BYTES else "group_offload"
+def set_first_working_backend(transformer: torch.nn.Module, candidates: tuple[str, ...], device: torch.device) -> str:
+    reasons = []
+    for name in candidates:
+        try:
+            transformer.set_attention_backend(name)  # diffusers checks the package and its version
+            _first_call(transformer, name, device)
+        except (RuntimeError, ValueError, ImportError) as exc:
+            reasons.append(f"{name}: {exc}")
+            if name != candidates[-1]:
+                logger.warning("Attention backend %s does not work here (%s); trying the next one.", name, exc)
+            continue
+        return name
+    raise AttentionUnavailable("No attention backend works here: " + "; ".join(reasons))
 
 
-def place(pipe: WanPipeline, memory_mode: str, device: torch.device) -> None:
-    """Put the pipeline's models where `memory_mode` says."""
-    if memory_mode == "full":
+def _first_call(transformer: torch.nn.Module, name: str, device: torch.device) -> None:
+    """One small attention call in the transformer's dtype and head size, as its layers make them."""
+    config = transformer.config
+    shape = (1, 64, config.num_attention_heads, config.attention_head_dim)
+    query, key, value = (torch.randn(shape, device=device, dtype=transformer.dtype) for _ in range(3))
+    with torch.inference_mode():
+        dispatch_attention_fn(query, key, value, backend=name)
+
+
+def place(pipe: WanPipeline, plan: Plan, device: torch.device) -> None:
+    """Put the pipeline's models where `plan` says, and set the VAE's tiling."""
+    if plan.memory_mode == "full":
         pipe.to(device)
-    elif memory_mode == "model_offload":
+    elif plan.memory_mode == "text_encoder_offload":
+        # The text encoder stays on the host; the runner brings it to the GPU for each job's prompts.
+        pipe.transformer.to(device)
+        pipe.vae.to(device)
+    elif plan.memory_mode == "model_offload":
         # One whole model on the GPU at a time: the text encoder, then the transformer, then the VAE.
         pipe.enable_model_cpu_offload(device=device)
-    elif memory_mode == "group_offload":
+    else:
         # Layer by layer, the next group's weights copied on a side stream while this one runs.
         pipe.enable_group_offload(onload_device=device, offload_type="leaf_level", use_stream=device.type == "cuda")
+    set_vae_tiling(pipe.vae, plan.vae_tiling)
+
+
+def set_vae_tiling(vae: torch.nn.Module, on: bool) -> None:
+    if on:
+        vae.enable_tiling(
+            tile_sample_min_height=VAE_TILE,
+            tile_sample_min_width=VAE_TILE,
+            tile_sample_stride_height=VAE_TILE_STRIDE,
+            tile_sample_stride_width=VAE_TILE_STRIDE,
+        )
     else:
-        raise ValueError(f"unknown memory_mode {memory_mode!r}")
+        vae.disable_tiling()
 
 
 def compile_transformer(transformer: torch.nn.Module, mode: str) -> None:
-    """`regional` compiles the repeated transformer block once for all 30 (faster to compile);
-    `full` compiles the whole forward. Dynamic shapes: one compilation serves every video size."""
+    """`regional` compiles the repeated transformer block's own forward (one compilation serves
+    all 30 blocks); `full` compiles the whole forward. Dynamic shapes: one compilation serves
+    every video size.
+
+    Regional compiles each block's `forward`, not its call: the step cache of `fast` mode wraps
+    the blocks' forward with hooks that dynamo cannot trace in a full graph; this way the hooks run
+    around the compiled forward."""
     if mode == "regional":
-        transformer.compile_repeated_blocks(fullgraph=True, dynamic=True)
+        for block in transformer.blocks:
+            block.forward = torch.compile(block.forward, fullgraph=True, dynamic=True)
     elif mode == "full":
         transformer.forward = torch.compile(transformer.forward, dynamic=True)
     elif mode != "off":
@@ -95,7 +127,11 @@ def compile_transformer(transformer: torch.nn.Module, mode: str) -> None:
 class BatchedGuidance(ModelHook):
     """Classifier-free guidance in one batch of two: the pipeline's conditional call computes both
     passes at once, and its unconditional call, which follows with the negative prompt's
-    embeddings and the same latents, receives the half already computed."""
+    embeddings and the same latents, receives the half already computed.
+
+    The calls must come in that order, with the very tensors given to `guiding` (the runner casts
+    the embeddings to the transformer's dtype, so the pipeline passes them through unchanged);
+    anything else raises rather than silently running every pass twice."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -106,12 +142,14 @@ class BatchedGuidance(ModelHook):
         text = kwargs["encoder_hidden_states"]
         if self.negative is None:
             return self.fn_ref.original_forward(hidden_states=hidden_states, **kwargs)
-        if text is self.negative:
+        if self._pending is not None:
             latents, output = self._pending
-            if latents is not hidden_states:
-                raise RuntimeError("batched guidance: the unconditional call did not follow its conditional call")
+            if text is not self.negative or latents is not hidden_states:
+                raise RuntimeError("batched guidance: the call after a conditional one was not its unconditional one")
             self._pending = None
             return (output,)
+        if text is self.negative:
+            raise RuntimeError("batched guidance: an unconditional call came without its conditional one")
         batched = {
             **kwargs,
             "encoder_hidden_states": torch.cat([text, self.negative]),
@@ -136,6 +174,14 @@ class BatchedGuidance(ModelHook):
             self.negative, self._pending = None, None
 
 
+def remove_speedups(transformer: torch.nn.Module) -> None:
+    """Undo `compile_transformer` and `batch_guidance`: the GPU check measures several
+    configurations on one set of weights."""
+    HookRegistry.check_if_exists_or_initialize(transformer).remove_hook(CFG_HOOK, recurse=False)
+    for module in (transformer, *transformer.blocks):
+        module.__dict__.pop("forward", None)  # the compiled forward, an attribute of the instance
+
+
 def batch_guidance(transformer: torch.nn.Module) -> BatchedGuidance:
     hook = BatchedGuidance()
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(hook, CFG_HOOK)
@@ -143,13 +189,25 @@ def batch_guidance(transformer: torch.nn.Module) -> BatchedGuidance:
 
 
 @contextmanager
-def step_cache(transformer: torch.nn.Module, speed_mode: str) -> Iterator[None]:
-    """`fast`: FirstBlockCache for this generation, off again afterwards."""
+def step_cache(transformer: torch.nn.Module, speed_mode: str, compile_mode: str) -> Iterator[None]:
+    """`fast`: FirstBlockCache for this generation, off again afterwards.
+
+    The cache decides between blocks, in Python, whether to run the rest: a whole-model graph
+    cannot hold that, so a transformer compiled `full` runs fast generations eagerly (`regional`
+    keeps its compiled blocks, which the cache's hooks wrap)."""
     if speed_mode != "fast":
         yield
         return
     transformer.enable_cache(FirstBlockCacheConfig(threshold=FAST_MODE_THRESHOLD))
+    stance = torch.compiler.set_stance("force_eager") if compile_mode == "full" else nullcontext()
     try:
-        yield
+        with stance:
+            yield
     finally:
         transformer.disable_cache()
+        for block in transformer.blocks:
+            # Removing a hook leaves the class's own forward behind as an instance attribute, which
+            # a compiled whole model would see as a change and compile again: drop it.
+            forward = block.__dict__.get("forward")
+            if isinstance(forward, MethodType) and forward.__func__ is type(block).forward:
+                del block.forward

@@ -31,7 +31,7 @@ async def submit_job(request: Request, state: IngressState, owner: str) -> Job:
     _check_fits(video_request, state.args.max_video_pixels)
     idempotency_key = _idempotency_key(request)
     # Refused before any image is fetched or decoded: a refused request leaves no trace.
-    if refusal := await state.jobs.admit.remote(owner, idempotency_key):
+    if refusal := await state.jobs.admit.remote(owner, idempotency_key, video_request.shape):
         raise Refused(**refusal.model_dump())
     if video_request.webhook_url is not None:
         if webhook_secret() is None:

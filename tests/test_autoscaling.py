@@ -14,7 +14,7 @@ def test_generators_scale_from_zero_to_one_per_gpu_and_back(tmp_path):
     figures_path = ROOT / "test-artifacts" / "autoscaling.json"
     figures_path.parent.mkdir(exist_ok=True)
     run = subprocess.run(
-        [sys.executable, "-m", "serve_app.bench_autoscaling", "--gpu-nodes", "2", "--jobs", "6", "--json",
+        [sys.executable, "-m", "serve_app.benchmark.autoscaling", "--gpu-nodes", "2", "--jobs", "6", "--json",
          str(figures_path)],
         capture_output=True, text=True, timeout=420, cwd=tmp_path,
     )  # fmt: skip

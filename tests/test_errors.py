@@ -21,7 +21,7 @@ from serve_app.schemas import (
     GenerationRequest,
     Job,
     JobError,
-    Progress,
+    Started,
     VideoDetails,
 )
 from serve_app.storage import ResultStorage
@@ -125,7 +125,7 @@ class _Stream:
     it is an exception."""
 
     def __init__(self, outcome) -> None:
-        self._events = [outcome, Progress(step=0, total=2)]
+        self._events = [outcome, Started(worker=None, runtime={})]
 
     def __aiter__(self):
         return self

@@ -9,7 +9,7 @@ from ray import serve
 
 from serve_app.app import build_app
 from serve_app.config import AppArgs
-from serve_app.errors import ModelLoadError
+from serve_app.engine.errors import ModelLoadError
 from serve_app.model import load_model, resolve_device
 from serve_app.tiny import ensure_tiny_checkpoint
 

@@ -128,8 +128,8 @@ def test_operational_routes_are_open_and_documented(service, client):
     # With its first job, the replica said how it runs the model.
     (runtime,) = ready["generators"].values()
     assert runtime == {
-        "model": "tiny", "device": "cpu", "memory_mode": "full", "attention_backend": "native", "compile": "off",
-        "cfg_batch": True, "vae_tiling": False,
+        "model": "tiny", "device": "cpu", "dtype": "float32", "memory_mode": "full", "attention_backend": "native",
+        "compile": "off", "cfg_batch": True, "vae_tiling": False,
     }  # fmt: skip
     spec = httpx.get(f"{service}/openapi.json").json()
     assert {"/predict", "/v1/videos", "/v1/videos/{video_id}/content", "/v1/videos/{video_id}/events"} <= set(

@@ -15,9 +15,9 @@ from conftest import API_KEYS, NO_LOAD_TEST_FAILURES, ROOT, deploy, probe_mp4
 
 from loadtests.report import GUIDE_L40_S
 from serve_app.config import AppArgs
-from serve_app.errors import GenerationCancelled
+from serve_app.engine.errors import GenerationCancelled
 from serve_app.generator import Generator
-from serve_app.schemas import GenerationRequest, GenerationResult, Progress
+from serve_app.schemas import GenerationRequest, GenerationResult, Progress, Started
 from serve_app.simulator import l40_seconds
 
 REQUEST = GenerationRequest(
@@ -40,11 +40,13 @@ def test_a_simulated_job_takes_the_models_time_reports_each_step_and_makes_a_rea
         return [event async for event in generator.generate(REQUEST)]
 
     started = time.perf_counter()
-    *progress, result = asyncio.run(events())
+    started_event, *progress, result = asyncio.run(events())
     elapsed = time.perf_counter() - started
     expected = l40_seconds(1280, 704, 121, 20) * scale
     assert elapsed >= expected
-    assert [event.step for event in progress] == list(range(21))
+    assert isinstance(started_event, Started) and started_event.capacity is None
+    assert started_event.runtime["model"] == "simulated"
+    assert [event.step for event in progress] == list(range(1, 21))
     assert all(isinstance(event, Progress) and event.total == 20 for event in progress)
     assert isinstance(result, GenerationResult) and result.simulated and result.model == "simulated"
     stages = result.timings

@@ -1,6 +1,6 @@
 """Autoscaling on queue depth, on a local multi-node Ray cluster of simulated GPU nodes.
 
-    python -m serve_app.bench_autoscaling [--gpu-nodes 2] [--jobs 4] [--json out.json]
+    python -m serve_app.benchmark.autoscaling [--gpu-nodes 2] [--jobs 4] [--json out.json]
 
 A head node with no GPU and `--gpu-nodes` worker nodes that each declare one GPU (Ray's
 accounting is what places replicas; the generation itself runs on the CPU with `tiny`). The

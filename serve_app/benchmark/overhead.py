@@ -1,7 +1,7 @@
 """Serving overhead: the wall time of a `/predict` through Ray Serve against the same generation
 called in-process. Tiny model, 256x256, 25 frames, 8 steps by default; prints medians.
 
-    python -m serve_app.bench_overhead [--runs 7] [--size 256] [--frames 25] [--steps 8]
+    python -m serve_app.benchmark.overhead [--runs 7] [--size 256] [--frames 25] [--steps 8]
 """
 
 import argparse

@@ -1,0 +1,285 @@
+"""The GPU check: Wan2.2-TI2V-5B at full size with random weights, the replica's own code (no Ray,
+no weights, no internet), each speed and memory option measured in one process within a time
+budget. It writes one JSON, rewritten after each section so that a run cut short keeps what it
+measured; sections that would not fit the budget are recorded as skipped.
+
+    make gpu-wheels                     # here: the wheels a GPU machine's image lacks, into .whl/
+    bash benchmarks/gpu_check.sh        # there: installs them, runs this, JSON into benchmarks/results/
+
+    python -m serve_app.benchmark.gpu_check --out DIR [--budget-s 330] [--size 1280x704x121] [--steps 3]
+    python -m serve_app.benchmark.gpu_check --model tiny --device cpu --size 64x64x25 --out DIR  (the CPU test)
+
+Sections, in order: the default configuration (plan, dtypes, every stage, peak memory beside the
+memory model's prediction, TFLOP/s and the ratio to the floor); guidance one pass at a time; each
+attention backend that runs here; fast mode (time a step, blocks skipped); VAE tiling off and on;
+the text encoder kept on the GPU or brought there per job; the memory model against measured peaks
+at three sizes; and last, compilation (regional, then full: first-call time and time a step).
+Speed options are compared on the latents they make from the same seed (max absolute difference
+against the default's).
+"""
+
+import argparse
+import dataclasses
+import datetime
+import json
+import re
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from serve_app.benchmark.measure import (
+    BENCHMARK_CACHE,
+    RANDOM_WEIGHTS,
+    build,
+    clock,
+    dtypes,
+    matmul_peak_tflops,
+    peak_gib,
+    request,
+    reset_peak,
+    timed_denoising,
+    transformer_flops,
+)
+from serve_app.capacity import GiB
+from serve_app.config import AppArgs
+from serve_app.model import decode_to_uint8, prepare_model
+from serve_app.pipeline import PipelineRunner
+from serve_app.speedups import remove_speedups, set_first_working_backend, set_vae_tiling
+
+ATTENTION_BACKENDS = ("_flash_3", "flash", "_native_cudnn", "_native_flash", "_native_efficient", "native", "sage")
+MEMORY_SIZES = ((640, 352, 49), (960, 544, 81), (1280, 704, 121))
+FAST_STEPS = 8  # fast mode skips only once consecutive steps are alike
+
+
+class Check:
+    """The figures of one run, written to `path` after every section."""
+
+    def __init__(self, path: Path, budget_s: float, skip: list[str]) -> None:
+        self.path = path
+        self.deadline = time.monotonic() + budget_s
+        self.skip = set(skip)
+        self.figures: dict = {"started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+
+    def section(self, name: str, estimate_s: float, run: Callable[[], dict]) -> None:
+        """Run a section if its estimated time fits what is left; record its figures or its error."""
+        left = self.deadline - time.monotonic()
+        if name in self.skip:
+            self.figures[name] = {"skipped": "asked for (--skip)"}
+        elif left < estimate_s:
+            self.figures[name] = {"skipped": f"about {estimate_s:.0f} s needed, {max(0, left):.0f} s left"}
+        else:
+            started = time.monotonic()
+            try:
+                self.figures[name] = {**run(), "section_s": round(time.monotonic() - started, 1)}
+            except Exception as exc:  # a failing option must not cost the others their figures
+                self.figures[name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
+        self.path.write_text(json.dumps(self.figures, indent=2))
+
+
+def run_check(opts: argparse.Namespace) -> Path:
+    width, height, frames = (int(side) for side in opts.size.split("x"))
+    args = AppArgs(model=opts.model, device=opts.device, cache_dir=BENCHMARK_CACHE, warmup_size=opts.size)
+    started = time.monotonic()
+    model = build(args, random_weights=opts.model == RANDOM_WEIGHTS)
+    runner = PipelineRunner(model)
+    device = model.device
+    gpu = runner.description["device"]
+    path = opts.out / f"{_slug(gpu)}-{datetime.date.today().isoformat()}.json"
+    opts.out.mkdir(parents=True, exist_ok=True)
+    check = Check(path, opts.budget_s - (time.monotonic() - started), opts.skip)
+    check.figures.update({
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "size": opts.size,
+        "steps": opts.steps,
+        "load_s": round(time.monotonic() - started, 1),
+        "options": model.options,
+        "plan": str(model.plan),
+        "dtypes": dtypes(model),
+    })  # fmt: skip
+    if device.type == "cuda":
+        check.figures["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / GiB, 1)
+    generation = request(width, height, frames, opts.steps)
+    flops_per_pass = transformer_flops(model.t2v.transformer.config, width, height, frames)
+    matmul_peak = matmul_peak_tflops(device)
+    reference: dict[str, torch.Tensor] = {}
+
+    def default() -> dict:
+        warm = clock(device)
+        runner.warm_up(opts.size)
+        warmup_s = clock(device) - warm
+        reset_peak(device)
+        result = runner.run(generation)
+        step_s, reference["latents"] = timed_denoising(runner, generation)
+        timings = result.timings.model_dump()
+        predicted = model.capacity.peak_bytes(width, height, frames, True, False) if model.capacity else None
+        floor_s = 2 * flops_per_pass / (matmul_peak * 1e12)
+        return {
+            "warmup_s": round(warmup_s, 2),
+            **timings,
+            "step_s": round(step_s, 4),
+            "peak_gpu_memory_gib": result.peak_gpu_memory_bytes and round(result.peak_gpu_memory_bytes / GiB, 2),
+            "predicted_peak_gib": predicted and round(predicted / GiB, 2),
+            "transformer_tflop_per_step": round(2 * flops_per_pass / 1e12, 2),
+            "achieved_tflops": round(2 * flops_per_pass / step_s / 1e12, 1),
+            "matmul_peak_tflops": round(matmul_peak, 1),
+            "ratio_to_floor": round(step_s / floor_s, 2),
+            "seconds_per_job": _extrapolated(timings, step_s),
+        }
+
+    def sequential_guidance() -> dict:
+        plain = PipelineRunner(dataclasses.replace(model, guidance=None))
+        step_s, latents = timed_denoising(plain, generation)
+        return {"step_s": round(step_s, 4), **_difference(latents, reference)}
+
+    def attention() -> dict:
+        chosen = model.options["attention_backend"]
+        figures = {}
+        for name in ATTENTION_BACKENDS:
+            try:
+                set_first_working_backend(model.t2v.transformer, (name,), device)
+                step_s, latents = timed_denoising(runner, generation)
+                figures[name] = {"step_s": round(step_s, 4), **_difference(latents, reference)}
+            except Exception as exc:
+                figures[name] = {"unavailable": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        set_first_working_backend(model.t2v.transformer, (chosen,), device)
+        return figures
+
+    def fast_mode() -> dict:
+        last_block = model.t2v.transformer.blocks[-1]
+        calls = [0]
+        handle = last_block.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+        longer = generation.model_copy(update={"num_inference_steps": FAST_STEPS})
+        try:
+            quality_s, quality = timed_denoising(runner, longer)
+            full_calls, calls[0] = calls[0], 0
+            fast_s, fast = timed_denoising(runner, longer.model_copy(update={"speed_mode": "fast"}))
+        finally:
+            handle.remove()
+        return {
+            "steps": FAST_STEPS,
+            "quality_step_s": round(quality_s, 4),
+            "fast_step_s": round(fast_s, 4),
+            "blocks_skipped_share": round(1 - calls[0] / full_calls, 3),
+            **_difference(fast, {"latents": quality}),
+        }
+
+    def vae_tiling() -> dict:
+        vae = model.t2v.vae
+        figures = {}
+        with torch.inference_mode():
+            for tiled in (False, True):
+                set_vae_tiling(vae, tiled)
+                reset_peak(device)
+                begun = clock(device)
+                video = decode_to_uint8(vae, reference["latents"])
+                figures["tiled" if tiled else "untiled"] = {
+                    "decoding_s": round(clock(device) - begun, 3), "peak_gpu_memory_gib": peak_gib(device)
+                }  # fmt: skip
+                reference["video_tiled" if tiled else "video"] = video
+            set_vae_tiling(vae, model.plan.vae_tiling)
+        difference = (reference["video"].float() - reference["video_tiled"].float()).abs()
+        figures["mean_level_difference"] = round(difference.mean().item(), 3)
+        return figures
+
+    def text_encoder() -> dict:
+        encoder = model.t2v.text_encoder
+        home = next(encoder.parameters()).device
+        figures = {}
+        with torch.inference_mode():
+            encoder.to(device)
+            begun = clock(device)
+            runner.encode_prompts(generation)
+            figures["on_gpu_s"] = round(clock(device) - begun, 3)
+            begun = clock(device)
+            encoder.to("cpu")
+            encoder.to(device)
+            runner.encode_prompts(generation)
+            encoder.to("cpu")
+            figures["offloaded_s"] = round(clock(device) - begun, 3)
+            encoder.to(home)
+        return figures
+
+    def memory_model() -> dict:
+        figures = {}
+        for w, h, f in MEMORY_SIZES:
+            if model.capacity is None:
+                break
+            sized = request(w, h, f, 1)
+            reset_peak(device)
+            runner.run(sized)
+            predicted = model.capacity.peak_bytes(w, h, f, True, False)
+            measured = torch.cuda.max_memory_allocated(device)
+            figures[f"{w}x{h}x{f}"] = {
+                "measured_gib": round(measured / GiB, 2),
+                "predicted_gib": round(predicted / GiB, 2),
+                "error": round(predicted / measured - 1, 3),
+            }
+        return figures
+
+    def compiled(mode: str) -> Callable[[], dict]:
+        def run() -> dict:
+            # The same weights, prepared again as a replica with `compile: mode` and this plan would be.
+            remove_speedups(model.t2v.transformer)
+            plan = model.plan
+            options = dataclasses.replace(
+                args.pipeline_options, compile=mode, memory_mode=plan.memory_mode,
+                vae_tiling="on" if plan.vae_tiling else "off", cfg_batch=plan.cfg_batch,
+            )  # fmt: skip
+            compiled_runner = PipelineRunner(prepare_model(model.name, model.t2v, device, options))
+            begun = clock(device)
+            compiled_runner.warm_up(opts.size)
+            warmup_s = clock(device) - begun
+            step_s, latents = timed_denoising(compiled_runner, generation)
+            return {"warmup_s": round(warmup_s, 1), "step_s": round(step_s, 4), **_difference(latents, reference)}
+
+        return run
+
+    estimate = opts.step_estimate_s
+    check.section("default", 4 * estimate * opts.steps + 60, default)
+    check.section("cfg_batch_off", 2 * estimate * opts.steps, sequential_guidance)
+    check.section("attention_backends", len(ATTENTION_BACKENDS) * estimate * opts.steps, attention)
+    check.section("fast_mode", 3 * estimate * FAST_STEPS, fast_mode)
+    check.section("vae_tiling", 60, vae_tiling)
+    check.section("text_encoder", 10, text_encoder)
+    check.section("memory_model", 60, memory_model)
+    check.section("compile_regional", 120, compiled("regional"))
+    check.section("compile_full", 180, compiled("full"))
+    return path
+
+
+def _extrapolated(timings: dict, step_s: float) -> dict[str, float]:
+    """Seconds a whole job takes at the guide's step counts: the fixed stages plus steps x step_s."""
+    fixed = timings["text_encoding_s"] + timings["decoding_s"] + timings["transfer_s"] + timings["encoding_s"]
+    return {str(steps): round(fixed + steps * step_s, 1) for steps in (20, 30, 50, 100)}
+
+
+def _difference(latents: torch.Tensor, reference: dict[str, torch.Tensor]) -> dict[str, float]:
+    if "latents" not in reference:
+        return {}
+    return {"max_latent_difference": round((latents.float() - reference["latents"].float()).abs().max().item(), 5)}
+
+
+def _slug(device: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=RANDOM_WEIGHTS, help="full size with random weights (default), or tiny")
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    parser.add_argument("--size", default="1280x704x121", help="WIDTHxHEIGHTxFRAMES")
+    parser.add_argument("--steps", type=int, default=3, help="denoising steps per measurement")
+    parser.add_argument("--budget-s", type=float, default=330, help="stop starting sections after this")
+    parser.add_argument("--step-estimate-s", type=float, default=2.5, help="a step's expected time, for budgeting")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--skip", action="append", default=[], metavar="SECTION", help="a section not to run")
+    opts = parser.parse_args(argv)
+    print(run_check(opts))
+
+
+if __name__ == "__main__":
+    main()

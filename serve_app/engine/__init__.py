@@ -1,0 +1,1 @@
+"""The Generator deployment's side: torch and diffusers, no web framework."""
