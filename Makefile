@@ -11,9 +11,10 @@ BIN := $(VENV)/bin
 # Debian's Chromium, driven by Playwright in the web page tests (Playwright's own browser
 # download needs the internet).
 CHROMIUM := /usr/bin/chromium
+POSTGRES := /usr/lib/postgresql/15/bin/initdb
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint bench gpu-wheels
+.PHONY: install run test test-fast lint bench gpu-wheels
 
 install: $(VENV)/.installed
 
@@ -28,15 +29,26 @@ run: install
 	@echo "Serving the tiny model on http://127.0.0.1:8000 -- API key(s): $$WAN_API_KEYS"
 	$(BIN)/serve run serve_config.local.yaml
 
+# ruff, and the rules between the deployments (import-linter, contracts in pyproject.toml).
 lint: install
 	$(BIN)/ruff check serve_app tests loadtests
+	$(BIN)/lint-imports
 
 $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-test: lint $(CHROMIUM)
+# Debian's PostgreSQL server: the jobs store's tests start a throwaway one (tests/support/postgres.py).
+$(POSTGRES):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+
+test: lint $(CHROMIUM) $(POSTGRES)
 	$(BIN)/python -m pytest
+
+# The unit tests: no Ray, no browser, no tiny pipeline; two processes. Under a minute.
+test-fast: install $(POSTGRES)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not integration and not e2e and not model and not slow"
 
 bench: install
 	$(BIN)/python -m serve_app.benchmark.overhead

@@ -23,9 +23,11 @@ from pathlib import Path
 
 import httpx
 
+from loadtests.mix import parse_mix
 from loadtests.report import REPLICAS, RUN, SAMPLES, write_report
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_duration(text: str) -> float:
@@ -53,8 +55,10 @@ def size(text: str) -> str:
 
 
 def steps_mix(text: str) -> str:
-    if not re.fullmatch(r"\d+(:\d+(\.\d+)?)?(,\d+(:\d+(\.\d+)?)?)*", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a mix like 20:2,30:4 (steps:weight, ...)")
+    try:
+        parse_mix(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
@@ -73,6 +77,15 @@ def redacted(argv: list[str]) -> list[str]:
 def readiness(host: str) -> dict:
     try:
         response = httpx.get(f"{host}/readyz", timeout=10)
+    except httpx.HTTPError:
+        return {}
+    return response.json() if response.status_code == 200 else {}
+
+
+def service_status(host: str, api_key: str) -> dict:
+    """`/v1/status`: the model served and how each generator replica runs it."""
+    try:
+        response = httpx.get(f"{host}/v1/status", headers={"Authorization": f"Bearer {api_key}"}, timeout=10)
     except httpx.HTTPError:
         return {}
     return response.json() if response.status_code == 200 else {}
@@ -134,8 +147,8 @@ def main(argv: list[str] | None = None, command: str | None = None) -> int:
     ]  # fmt: skip
     run = {
         "host": host,
-        "model": ready.get("model"),
-        "simulator": ready.get("simulator"),
+        "model": None,
+        "simulator": None,
         "users": opts.users,
         "user_classes": opts.user_classes,
         "run_time_s": run_time_s,
@@ -152,11 +165,21 @@ def main(argv: list[str] | None = None, command: str | None = None) -> int:
     stop = threading.Event()
     watcher = threading.Thread(target=watch_replicas, args=(host, out / REPLICAS, stop, opts.replicas_every))
     watcher.start()
+    # The locustfile imports `loadtests`: the repository's root goes on Locust's path.
+    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     try:
-        status = subprocess.run(locust, env={**os.environ, "WAN_API_KEY": opts.api_key}).returncode
+        env = {**os.environ, "WAN_API_KEY": opts.api_key, "PYTHONPATH": python_path}
+        status = subprocess.run(locust, env=env).returncode
     finally:
         stop.set()
         watcher.join()
+    # After the run, the generators have reported how they run (the simulator its time scale).
+    served = service_status(host, opts.api_key)
+    run["model"] = served.get("model")
+    run["simulator"] = next(
+        (runtime for runtime in served.get("generators", {}).values() if runtime.get("model") == "simulated"), None
+    )
+    (out / RUN).write_text(json.dumps(run, indent=2))
     report = write_report(out)
     print(f"\nReport: {report}")
     return status

@@ -1,7 +1,7 @@
 """Locust load test of the Wan2.2 service: users of `/predict` (synchronous) and of the jobs API
 (submit, follow progress over SSE, download), asking for a weighted mix of step counts.
 
-    locust -f loadtests/locustfile.py --host http://127.0.0.1:8000 --api-key KEY
+    python -m locust -f loadtests/locustfile.py --host http://127.0.0.1:8000 --api-key KEY   (from the repository root)
 
 `python -m loadtests` runs it headless and writes a report. Beside Locust's HTTP statistics, every
 finished job adds three custom entries, per step count (request type JOB): the queue wait and the
@@ -19,6 +19,8 @@ import time
 import gevent
 from locust import FastHttpUser, LoadTestShape, events, task
 from locust.env import Environment
+
+from loadtests.mix import parse_mix
 
 TERMINAL = ("completed", "failed", "cancelled")
 REJECTION_STATUSES = (429, 503)
@@ -73,15 +75,6 @@ def configure(environment: Environment, **_) -> None:
     # FastHttpUser's default 60 s would fail every /predict and every quiet SSE stream.
     WanUser.network_timeout = options.job_timeout
     WanUser.connection_timeout = 30.0
-
-
-def parse_mix(text: str) -> dict[int, float]:
-    """'20:2,30:4' -> {20: 2.0, 30: 4.0}."""
-    mix = {}
-    for item in text.split(","):
-        steps, _, weight = item.partition(":")
-        mix[int(steps)] = float(weight or 1)
-    return mix
 
 
 class WanUser(FastHttpUser):

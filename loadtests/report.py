@@ -12,10 +12,7 @@ from matplotlib.figure import Figure  # no pyplot: files only, whatever the disp
 from matplotlib.ticker import MaxNLocator
 
 from loadtests.queueing import mgc_mean_wait, mmc_wait
-from serve_app.simulator import L40_REFERENCE_VOLUME
-
-# The guide's "Inference time (as documented, one ADA L40, 1280x704, 121 frames)", in seconds.
-GUIDE_L40_S = {20: (120, 180), 30: (180, 240), 50: (300, 420), 100: (600, 900)}
+from serve_app.engine.simulator import GUIDE_L40_S, L40_REFERENCE_VOLUME
 
 SAMPLES = "jobs.jsonl"
 REPLICAS = "replicas.csv"

@@ -16,8 +16,9 @@ import tempfile
 from pathlib import Path
 
 from loadtests.__main__ import main as run_load_test
-from serve_app.local_cluster import cluster_config, free_port, serve_on_gpu_cluster
-from serve_app.simulator import l40_seconds
+from loadtests.mix import parse_mix
+from serve_app.benchmark.local_cluster import cluster_config, free_port, serve_on_gpu_cluster
+from serve_app.engine.simulator import l40_seconds
 
 KEY = "capacity-simulation-key"
 SIZE, FRAMES = (1280, 704), 121
@@ -34,7 +35,7 @@ AUTOSCALING = {
 
 def mean_service_s(steps_mix: str, time_scale: float) -> float:
     """The latency model's mean job time over the step mix ('20:2,30:4': steps:weight)."""
-    mix = {int(steps): float(weight) for steps, weight in (item.split(":") for item in steps_mix.split(","))}
+    mix = parse_mix(steps_mix)
     total = sum(mix.values())
     return sum(weight * l40_seconds(*SIZE, FRAMES, steps) for steps, weight in mix.items()) / total * time_scale
 

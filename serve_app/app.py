@@ -4,10 +4,11 @@ and that to the generator. This is the only place where classes become deploymen
 from ray import serve
 from ray.serve import Application
 
+from serve_app.api.ingress import Ingress
 from serve_app.config import AppArgs
-from serve_app.generator import Generator
-from serve_app.ingress import GENERATOR_DEPLOYMENT, INGRESS_DEPLOYMENT, JOBS_DEPLOYMENT, Ingress
-from serve_app.jobs import Jobs
+from serve_app.deployments import GENERATOR, GENERATOR_MAX_ONGOING_REQUESTS, INGRESS, JOBS
+from serve_app.engine.generator import Generator
+from serve_app.jobs.deployment import Jobs
 
 
 def build_app(args: AppArgs) -> Application:
@@ -16,22 +17,20 @@ def build_app(args: AppArgs) -> Application:
         args = AppArgs.model_validate(args)
     generator = serve.deployment(
         Generator,
-        name=GENERATOR_DEPLOYMENT,
-        # One generation at a time per replica and no batching: a job fills a GPU.
-        max_ongoing_requests=1,
+        name=GENERATOR,
+        max_ongoing_requests=GENERATOR_MAX_ONGOING_REQUESTS,
         ray_actor_options={"num_gpus": 0 if args.device == "cpu" else 1},
         max_constructor_retry_count=args.max_constructor_retries,
     )
     jobs = serve.deployment(
         Jobs,
-        name=JOBS_DEPLOYMENT,
-        # The single source of truth for job state and the one queue: never more than one replica.
-        num_replicas=1,
+        name=JOBS,
+        # Its replica count is the config's: 1 with SQLite, 2 or more with PostgreSQL (see jobs/).
         # Every follower of a job (SSE, a waiting /predict) holds one long-poll call here.
         max_ongoing_requests=10_000,
         ray_actor_options={"num_cpus": 0},
-        # On a rolling update or shutdown it follows its running jobs to their end (see Jobs.__del__).
+        # On a rolling update or shutdown it follows its running jobs to their end (see jobs/handover.py).
         graceful_shutdown_timeout_s=1200,
     )
-    ingress = serve.deployment(serve.ingress()(Ingress), name=INGRESS_DEPLOYMENT)
+    ingress = serve.deployment(serve.ingress()(Ingress), name=INGRESS)
     return ingress.bind(jobs.bind(generator.bind(args), args), args)

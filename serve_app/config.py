@@ -1,5 +1,8 @@
-"""Typed application arguments: the `args` of an application in a Serve config file."""
+"""Typed application arguments (the `args` of an application in a Serve config file), and the
+secrets that come from the environment instead."""
 
+import base64
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -7,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_MODEL = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
+DATABASE_URL_ENV = "WAN_DATABASE_URL"
 
 AttentionBackend = Literal[
     "auto", "native", "_native_cudnn", "_native_flash", "_native_efficient", "flash", "_flash_3", "sage"
@@ -88,8 +92,14 @@ class AppArgs(BaseModel):
     )
     data_dir: Path = Field(
         Path.home() / ".local" / "share" / "wan-serve",
-        description="Folder of the jobs database (SQLite), and of the results unless `results_url` is "
-        "set. Keep it on a persistent volume: jobs and results survive restarts through it.",
+        description="Folder of the jobs database when it is SQLite (the default), and of the results unless "
+        "`results_url` is set. Keep it on a persistent volume: jobs and results survive restarts through it.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="The jobs database: `postgresql://user@host/db` for several Jobs replicas (the environment "
+        f"variable {DATABASE_URL_ENV} overrides it, so that a password lives in a Secret, not in a config file), "
+        "or `sqlite:///path`. Default: SQLite in `data_dir`, for one machine.",
     )
     results_url: str | None = Field(
         None,
@@ -103,6 +113,12 @@ class AppArgs(BaseModel):
         description="Largest width x height x num_frames accepted (400 above, before any GPU work): set it "
         "for the GPU type of the generator workers, so that what cannot fit is refused up front. None: no cap.",
     )
+    max_generation_s: float | None = Field(
+        None,
+        gt=0,
+        description="A generation running longer than this fails as `timeout`, and its GPU takes the next job "
+        "(checked at every denoising step). None: no limit.",
+    )
     max_queued_jobs: int = Field(
         100,
         ge=1,
@@ -111,6 +127,12 @@ class AppArgs(BaseModel):
     )
     max_jobs_per_key: int = Field(
         8, ge=1, description="Queued plus running jobs of one API key; past it, its submissions get 429."
+    )
+    max_stored_jobs_per_key: int = Field(
+        1000, ge=1, description="Jobs one API key keeps (until they expire or are deleted); past it, 429."
+    )
+    max_stored_mb_per_key: float = Field(
+        10_000, gt=0, description="Megabytes of videos one API key keeps; past it, its submissions get 429."
     )
     retention_hours: float = Field(
         24.0, gt=0, description="How long a finished job and its files are kept before they are deleted."
@@ -186,3 +208,23 @@ class AppArgs(BaseModel):
     @property
     def results_location(self) -> str:
         return self.results_url or str(self.data_dir / "results")
+
+    @property
+    def jobs_database_url(self) -> str:
+        """WAN_DATABASE_URL, else `database_url`, else SQLite in `data_dir`."""
+        return os.environ.get(DATABASE_URL_ENV) or self.database_url or f"sqlite://{self.data_dir / 'jobs.sqlite3'}"
+
+
+SECRET_ENV = "WAN_WEBHOOK_SECRET"
+_SECRET_PREFIX = "whsec_"
+
+
+def webhook_secret() -> bytes | None:
+    """The signing key from WAN_WEBHOOK_SECRET: `whsec_<base64>` as Standard Webhooks libraries
+    make them, or any other string taken as its UTF-8 bytes. None: webhooks are off."""
+    secret = os.environ.get(SECRET_ENV, "").strip()
+    if not secret:
+        return None
+    if secret.startswith(_SECRET_PREFIX):
+        return base64.b64decode(secret.removeprefix(_SECRET_PREFIX))
+    return secret.encode()

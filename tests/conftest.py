@@ -1,77 +1,24 @@
-"""Session fixtures: one real local Ray cluster serving `serve_config.local.yaml` (tiny model,
-CPU) on a free port, and a local image server for `image_url` tests."""
+"""Fixtures shared by the tests: one real local Ray cluster for the whole session serving
+`serve_config.local.yaml` (tiny model, CPU) on a free port, a local image server for `image_url`,
+and a throwaway PostgreSQL server. Helpers live in `support/`."""
 
-import base64
-import io
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import av
 import httpx
 import pytest
 import yaml
-from PIL import Image
+from support.media import png_bytes
+from support.postgres import postgres_server
+from support.service import API_KEYS, ROOT, TEST_ARGS, WEBHOOK_SECRET
 
-ROOT = Path(__file__).resolve().parent.parent
-API_KEYS = ("test-key-one", "test-key-two")
-# Small caps so that the over-the-limit tests stay small too.
-TEST_ARGS = {
-    "max_body_mb": 2,
-    "max_image_mb": 1,
-    "max_image_pixels": 4_000_000,
-    "image_fetch_timeout_s": 3,
-    "url_allowlist": ["127.0.0.1"],
-    "sse_keepalive_s": 1,
-    "webhook_retry_delays_s": [0.5, 0.5],
-    "cors_origins": ["http://studio.example"],
-    "max_queued_jobs": 6,
-    "max_video_pixels": 256 * 256 * 121,
-    "max_jobs_per_key": 5,
-}
-WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"test webhook signing key").decode()
-# The line of a load test report that says nothing went wrong.
-NO_LOAD_TEST_FAILURES = "failures counted by Locust (HTTP errors, failed jobs, broken streams): 0"
-# The stages a job reports in details.timings.
-TIMINGS = {"queued_s", "text_encoding_s", "denoising_s", "decoding_s", "transfer_s", "encoding_s"}
-SMALL = {"height": 64, "width": 64, "num_frames": 25, "num_inference_steps": 2}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
+from serve_app.benchmark.local_cluster import deploy_config, free_port
 
 METRICS_PORT = free_port()  # the Ray node's Prometheus endpoint
-
-
-def png_bytes(size: tuple[int, int], color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", size, color).save(out, format="PNG")
-    return out.getvalue()
-
-
-def probe_mp4(data: bytes) -> dict:
-    """What a player sees in the file: codec, pixel format, size, rate, decoded frame count."""
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.video[0]
-        frames = sum(1 for _ in container.decode(stream))
-        return {
-            "format": container.format.name,
-            "codec": stream.codec_context.name,
-            "pix_fmt": stream.codec_context.pix_fmt,
-            "width": stream.width,
-            "height": stream.height,
-            "fps": float(stream.average_rate),
-            "frames": frames,
-            # +faststart: the index (moov) comes before the media data (mdat).
-            "faststart": data.find(b"moov") < data.find(b"mdat"),
-        }
 
 
 class _ImageHandler(BaseHTTPRequestHandler):
@@ -116,18 +63,24 @@ def image_server() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def ray_cluster() -> Iterator[None]:
     import ray
     from ray import serve
 
     # Replicas inherit the environment of the processes Ray starts here.
     os.environ["WAN_API_KEYS"] = ",".join(API_KEYS)
     os.environ.pop("WAN_API_KEYS_FILE", None)
+    os.environ.pop("WAN_DATABASE_URL", None)
     os.environ["WAN_WEBHOOK_SECRET"] = WEBHOOK_SECRET
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=METRICS_PORT)
     yield
     serve.shutdown()
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def metrics_port() -> int:
+    return METRICS_PORT
 
 
 @pytest.fixture(scope="session")
@@ -147,27 +100,10 @@ def service_config(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return config
 
 
-def deploy(config: dict) -> str:
-    """Deploy a config the way `serve run` does; its URL once it is ready."""
-    from ray.serve._private import api as serve_private_api
-    from ray.serve.schema import ServeDeploySchema
-
-    # Private API, but it is exactly what `serve run CONFIG` calls (ray/serve/scripts.py).
-    schema = ServeDeploySchema.model_validate(config)
-    client = serve_private_api.serve_start(http_options=schema.http_options.model_dump())
-    client.deploy_apps(schema, _blocking=True)
-    url = f"http://127.0.0.1:{config['http_options']['port']}"
-    deadline = time.monotonic() + 120
-    while httpx.get(f"{url}/readyz").status_code != 200:
-        assert time.monotonic() < deadline, "the local config never became ready"
-        time.sleep(0.5)
-    return url
-
-
 @pytest.fixture(scope="session")
 def service(ray_cluster: None, image_server: str, service_config: dict) -> str:
     """The local config, deployed on the test cluster: its URL."""
-    return deploy(service_config)
+    return deploy_config(service_config)
 
 
 @pytest.fixture(scope="session")
@@ -176,26 +112,15 @@ def client(service: str) -> Iterator[httpx.Client]:
         yield http
 
 
-# A job that denoises for seconds (100 steps) and would decode for many more: long enough to be
-# cancelled, killed or queued behind while it runs.
-SLOW = {"height": 256, "width": 256, "num_frames": 121, "num_inference_steps": 100}
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """The URL of a database on a throwaway PostgreSQL server, for the whole session."""
+    with postgres_server() as url:
+        yield url
 
 
-def submit(client: httpx.Client, **body) -> dict:
-    response = client.post("/v1/videos", json={"prompt": "a lighthouse in a storm", **body})
-    assert response.status_code == 202, response.text
-    return response.json()
-
-
-def wait_for(client: httpx.Client, job_id: str, until=lambda job: job["status"] in FINISHED, timeout: float = 180):
-    """Poll the job until `until(job)`; the job."""
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.get(f"/v1/videos/{job_id}").json()
-        if until(job):
-            return job
-        assert time.monotonic() < deadline, f"job never got there: {job}"
-        time.sleep(0.1)
-
-
-FINISHED = {"completed", "failed", "cancelled"}
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the Ray cluster is an integration test, whatever its file says."""
+    for item in items:
+        if {"ray_cluster", "service", "client"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)

@@ -42,11 +42,12 @@ from serve_app.benchmark.measure import (
 )
 from serve_app.capacity import GiB
 from serve_app.config import AppArgs
-from serve_app.full_size import full_size_pipeline
-from serve_app.model import candidate_plans, memory_tracer, resolve_dtype, usable_bytes
-from serve_app.pipeline import PipelineRunner
+from serve_app.engine.full_size import full_size_pipeline
+from serve_app.engine.model import candidate_plans, memory_tracer, resolve_dtype, usable_bytes
+from serve_app.engine.pipeline import PipelineRunner
+from serve_app.messages import StageTimings
 
-STAGES = ("text_encoding_s", "denoising_s", "decoding_s", "transfer_s", "encoding_s")
+STAGES = tuple(StageTimings.model_fields)
 
 
 def app_args(opts: argparse.Namespace) -> AppArgs:

@@ -17,7 +17,7 @@ import time
 
 import httpx
 
-from serve_app.local_cluster import cluster_config, free_port, replicas, serve_on_gpu_cluster
+from serve_app.benchmark.local_cluster import cluster_config, free_port, generator_replicas, serve_on_gpu_cluster
 
 KEY = "autoscaling-bench-key"
 JOB = {"prompt": "a windmill", "height": 128, "width": 128, "num_frames": 49, "num_inference_steps": 100}
@@ -47,14 +47,14 @@ def run(gpu_nodes: int, jobs: int) -> dict:
 
 def _scenario(url: str, gpu_nodes: int, jobs: int) -> dict:
     api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
-    idle = replicas().get("RUNNING", 0)
+    idle = generator_replicas().get("RUNNING", 0)
     started = time.monotonic()
     ids = [api.post("/v1/videos", json=JOB).raise_for_status().json()["id"] for _ in range(jobs)]
     first = full = None
     most_running = 0
     states_seen: set[str] = set()
     while True:
-        states = replicas()
+        states = generator_replicas()
         states_seen |= {state for state, count in states.items() if count}
         running = states.get("RUNNING", 0)
         most_running = max(most_running, running)
@@ -67,7 +67,9 @@ def _scenario(url: str, gpu_nodes: int, jobs: int) -> dict:
         time.sleep(0.25)
     done = time.monotonic()
     deadline = done + 120
-    while (replicas().get("RUNNING", 0) or replicas().get("STOPPING", 0)) and time.monotonic() < deadline:
+    while (
+        generator_replicas().get("RUNNING", 0) or generator_replicas().get("STOPPING", 0)
+    ) and time.monotonic() < deadline:
         time.sleep(0.5)
     return {
         "gpu_nodes": gpu_nodes,
@@ -79,7 +81,7 @@ def _scenario(url: str, gpu_nodes: int, jobs: int) -> dict:
         "replica_states_seen": sorted(states_seen),
         "all_jobs_s": round(done - started, 1),
         "back_to_zero_s": round(time.monotonic() - done, 1),
-        "replicas_after": sum(replicas().values()),
+        "replicas_after": sum(generator_replicas().values()),
         "statuses": [job["status"] for job in finished],
         "workers": [job["worker"] for job in finished],
     }

@@ -45,9 +45,9 @@ from serve_app.benchmark.measure import (
 )
 from serve_app.capacity import GiB
 from serve_app.config import AppArgs
-from serve_app.model import decode_to_uint8, prepare_model
-from serve_app.pipeline import PipelineRunner
-from serve_app.speedups import remove_speedups, set_first_working_backend, set_vae_tiling
+from serve_app.engine.model import decode_to_uint8, prepare_model
+from serve_app.engine.pipeline import PipelineRunner
+from serve_app.engine.speedups import remove_speedups, set_first_working_backend, set_vae_tiling
 
 ATTENTION_BACKENDS = ("_flash_3", "flash", "_native_cudnn", "_native_flash", "_native_efficient", "native", "sage")
 MEMORY_SIZES = ((640, 352, 49), (960, 544, 81), (1280, 704, 121))

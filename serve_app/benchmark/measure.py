@@ -12,10 +12,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from serve_app.config import AppArgs
-from serve_app.full_size import full_size_pipeline
-from serve_app.model import LoadedModel, load_model, prepare_model, resolve_device, resolve_dtype
-from serve_app.pipeline import PipelineRunner
-from serve_app.schemas import DEFAULT_NEGATIVE_PROMPT, GenerationRequest
+from serve_app.engine.full_size import full_size_pipeline
+from serve_app.engine.model import LoadedModel, load_model, prepare_model, resolve_device, resolve_dtype
+from serve_app.engine.pipeline import PipelineRunner
+from serve_app.messages import DEFAULT_NEGATIVE_PROMPT, GenerationRequest
 
 BENCHMARK_CACHE = Path(tempfile.gettempdir()) / "wan-benchmark"  # where `tiny` is built
 TEXT_TOKENS = 512  # prompts are padded to it (pipeline.MAX_SEQUENCE_LENGTH)

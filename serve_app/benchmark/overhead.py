@@ -34,8 +34,8 @@ def main() -> None:
 
     from serve_app.app import build_app
     from serve_app.config import AppArgs
-    from serve_app.generator import Generator
-    from serve_app.schemas import DEFAULT_NEGATIVE_PROMPT, GenerationRequest
+    from serve_app.engine.generator import Generator
+    from serve_app.messages import DEFAULT_NEGATIVE_PROMPT, GenerationRequest
 
     torch.set_num_threads(int(THREADS))
     body = {

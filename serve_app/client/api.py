@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from serve_app.schemas import Job, JobList
+from serve_app.messages import Job, JobList
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 _RETRIED = {429, 503}

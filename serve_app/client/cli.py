@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from serve_app.client.api import WanClient, WanError
-from serve_app.schemas import Job
+from serve_app.messages import Job
 
 
 def build_parser() -> argparse.ArgumentParser:

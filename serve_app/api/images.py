@@ -1,0 +1,131 @@
+"""The reference image of a text+image-to-video request: decoded from base64 or fetched from a
+URL that must be public (or allow-listed), then resized to cover the video and centre-cropped."""
+
+import asyncio
+import base64
+import binascii
+import io
+import re
+from dataclasses import dataclass
+from urllib.parse import urljoin
+
+import httpx
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from serve_app.api.errors import InvalidRequest, PayloadTooLarge
+from serve_app.api.protocol import VideoRequest
+from serve_app.common.outbound import OutboundPolicy, pinned_request
+
+_DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.IGNORECASE)
+_FORMATS = ["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"]
+_MAX_REDIRECTS = 3
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """Limits on reference images, from the app arguments."""
+
+    max_bytes: int
+    max_pixels: int
+    fetch_timeout_s: float
+
+
+def decode_base64(data: str, max_bytes: int, param: str = "image_base64") -> bytes:
+    """The bytes of `image_base64`: raw base64 or a data URL."""
+    payload = _DATA_URL.sub("", data.strip(), count=1)
+    payload = "".join(payload.split())
+    if len(payload) * 3 // 4 > max_bytes:
+        raise PayloadTooLarge(f"{param} is over the {max_bytes} byte limit.", param=param)
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"{param} is not valid base64.", param=param) from None
+
+
+def prepare_image(data: bytes, width: int, height: int, policy: ImagePolicy, param: str) -> bytes:
+    """Decode, check and crop an image to exactly `width` x `height`; PNG bytes of the result.
+
+    Pillow would stretch an image of another aspect ratio; we cover and centre-crop instead.
+    CPU work: call it from a worker thread.
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=_FORMATS) as image:
+            # Header-only so far: refuse a decompression bomb before decoding any pixel.
+            if image.width * image.height > policy.max_pixels:
+                raise PayloadTooLarge(
+                    f"The image is {image.width}x{image.height}, over the {policy.max_pixels} pixel limit.",
+                    param=param,
+                )
+            rgb = ImageOps.exif_transpose(image).convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise InvalidRequest(
+            "The image could not be decoded (PNG, JPEG, WebP, GIF, BMP or TIFF expected).", param=param
+        ) from None
+    fitted = ImageOps.fit(rgb, (width, height), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+    out = io.BytesIO()
+    fitted.save(out, format="PNG")
+    return out.getvalue()
+
+
+class ImageLoader:
+    """Gets a request's reference image; `image_url` is downloaded through `OutboundPolicy`'s
+    checks, at every redirect."""
+
+    def __init__(self, policy: ImagePolicy, outbound: OutboundPolicy) -> None:
+        self._policy = policy
+        self._outbound = outbound
+
+    async def load(self, request: VideoRequest, base64_param: str = "image_base64") -> bytes | None:
+        """The request's image as PNG bytes of exactly its width x height, or None for t2v.
+
+        `base64_param` names `image_base64` in errors, for a field that the client sent otherwise
+        (an uploaded `input_reference`)."""
+        if request.image_base64 is not None:
+            data, param = decode_base64(request.image_base64, self._policy.max_bytes, base64_param), base64_param
+        elif request.image_url is not None:
+            data, param = await self.fetch(request.image_url), "image_url"
+        else:
+            return None
+        return await asyncio.to_thread(prepare_image, data, request.width, request.height, self._policy, param)
+
+    async def fetch(self, url: str) -> bytes:
+        try:
+            async with asyncio.timeout(self._policy.fetch_timeout_s):
+                return await self._follow(url)
+        except TimeoutError:
+            raise InvalidRequest(
+                f"image_url took longer than {self._policy.fetch_timeout_s:g} s to download.", param="image_url"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise InvalidRequest(
+                f"image_url could not be downloaded ({type(exc).__name__}).", param="image_url"
+            ) from None
+
+    async def _follow(self, url: str) -> bytes:
+        async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
+            for _ in range(_MAX_REDIRECTS + 1):
+                host, address = await self._outbound.check(url, "image_url")
+                request = pinned_request(client, "GET", url, host, address, headers={"Accept": "image/*"})
+                response = await client.send(request, stream=True)
+                try:
+                    if response.is_redirect:
+                        url = urljoin(url, response.headers["location"])
+                        continue
+                    if response.status_code != 200:
+                        raise InvalidRequest(f"image_url answered HTTP {response.status_code}.", param="image_url")
+                    return await self._read_capped(response)
+                finally:
+                    await response.aclose()
+        raise InvalidRequest(f"image_url redirected more than {_MAX_REDIRECTS} times.", param="image_url")
+
+    async def _read_capped(self, response: httpx.Response) -> bytes:
+        limit = self._policy.max_bytes
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"The image at image_url is over the {limit} byte limit.", param="image_url")
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > limit:
+                raise PayloadTooLarge(f"The image at image_url is over the {limit} byte limit.", param="image_url")
+        return bytes(body)

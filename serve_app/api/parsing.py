@@ -1,0 +1,84 @@
+"""Reading and validating a request body: size cap first, then JSON (or the multipart form the
+OpenAI SDK sends), then the pydantic model. Every failure becomes a 400 (or 413) naming the
+offending field."""
+
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+from pydantic import ValidationError
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from serve_app.api.errors import InvalidRequest, PayloadTooLarge
+from serve_app.api.openai_form import UploadedImage, map_form
+from serve_app.api.protocol import VideoRequest
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `max_bytes`."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"The request body is over the {max_bytes} byte limit.")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise PayloadTooLarge(f"The request body is over the {max_bytes} byte limit.")
+    return bytes(body)
+
+
+def parse_video_request(body: bytes) -> VideoRequest:
+    """Validate a JSON body as a VideoRequest, or raise InvalidRequest for its first problem."""
+    if not body.strip():
+        raise InvalidRequest("The request body is empty: send a JSON object with at least `prompt`.")
+    try:
+        return VideoRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise _as_invalid_request(exc) from None
+
+
+async def parse_form_video_request(headers: Headers, body: bytes) -> tuple[VideoRequest, dict[str, str]]:
+    """Validate a multipart body as a VideoRequest; also what its OpenAI-style fields asked for."""
+    try:
+        form = await MultiPartParser(headers, _once(body), max_files=1, max_fields=64, max_part_size=len(body)).parse()
+    except MultiPartException as exc:
+        raise InvalidRequest(f"Malformed multipart body: {exc.message}") from None
+    fields: dict[str, str] = {}
+    upload = None
+    for name, value in form.multi_items():
+        if name in fields or (upload is not None and name == "input_reference"):
+            raise InvalidRequest(f"{name}: given more than once", param=name)
+        if isinstance(value, UploadFile):
+            if name != "input_reference":
+                raise InvalidRequest(f"{name}: only input_reference may be a file", param=name)
+            upload = UploadedImage(value.filename or "upload", await value.read())
+        else:
+            fields[name] = value
+    data, requested = map_form(fields, upload)
+    try:
+        # Form values are all text: "30" is read as 30 here, unlike in JSON.
+        return VideoRequest.model_validate(data, strict=False), requested
+    except ValidationError as exc:
+        raise _as_invalid_request(exc) from None
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+def _as_invalid_request(exc: ValidationError) -> InvalidRequest:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        return InvalidRequest(f"Malformed JSON: {first['ctx']['error']}.", code="invalid_json")
+    loc = [str(part) for part in first["loc"]]
+    param = loc[0] if loc else None
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif first["type"] == "model_type":
+        message = "the body must be a JSON object"
+    text = f"{param}: {message}" if param else message
+    if len(errors) > 1:
+        text += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return InvalidRequest(text, param=param)

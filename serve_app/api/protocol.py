@@ -1,0 +1,135 @@
+"""The HTTP API's own wire models: the body of `POST /predict` and `POST /v1/videos`, its answer,
+and the error shape. The job object the API returns is `messages.Job`."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from serve_app.limits import MAX_FRAMES, MAX_SEED, MIN_FRAMES, SIZE_MULTIPLE
+from serve_app.messages import SpeedMode, VideoDetails, VideoShape
+
+
+class VideoRequest(BaseModel):
+    """The body of `POST /predict` (and of a job): the hosted API's fields, defaults and ranges."""
+
+    # Strict: "704" is not 704. Unknown fields are refused so a typo never silently becomes a default.
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=10_000, description="Text describing the video.")
+    negative_prompt: str | None = Field(
+        None,
+        max_length=10_000,
+        description="What the video should not contain. Omitted or null: the Wan2.2 authors' "
+        "default negative prompt; an explicit empty string: none.",
+    )
+    height: int = Field(704, ge=32, le=2048, description="Video height, a multiple of 32.")
+    width: int = Field(1280, ge=32, le=2048, description="Video width, a multiple of 32.")
+    num_frames: int = Field(MAX_FRAMES, ge=MIN_FRAMES, le=MAX_FRAMES, description="Frame count, of the form 4n+1.")
+    num_inference_steps: int = Field(50, ge=1, le=100, description="Denoising steps.")
+    guidance_scale: float = Field(5.0, ge=1.0, le=20.0, description="Classifier-free guidance strength.")
+    fps: int = Field(24, ge=1, le=60, description="Frame rate of the output video.")
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="Random seed; omitted: drawn and reported in details.seed."
+    )
+    image_url: str | None = Field(
+        None, min_length=1, max_length=4096, description="http(s) URL of the first frame (text+image to video)."
+    )
+    image_base64: str | None = Field(
+        None, min_length=1, description="The first frame as base64 or a data:image/...;base64, URL."
+    )
+    webhook_url: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="http(s) URL that receives a signed POST (Standard Webhooks) when the job completes or fails.",
+    )
+    speed_mode: SpeedMode = Field(
+        "quality",
+        description="`fast`: step caching (FirstBlockCache) skips most of the transformer on steps where its "
+        "first block's output barely changed; faster, with some loss of detail and motion (see the README).",
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_has_text(cls, prompt: str) -> str:
+        if not prompt.strip():
+            raise PydanticCustomError("blank_prompt", "prompt must contain text")
+        return prompt
+
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_32(cls, value: int) -> int:
+        if value % SIZE_MULTIPLE:
+            below = value // SIZE_MULTIPLE * SIZE_MULTIPLE
+            nearest = [v for v in (below, below + SIZE_MULTIPLE) if 32 <= v <= 2048]
+            raise PydanticCustomError(
+                "size_multiple",
+                "must be a multiple of 32; nearest valid values: {nearest}",
+                {"nearest": " or ".join(map(str, nearest))},
+            )
+        return value
+
+    @field_validator("num_frames")
+    @classmethod
+    def _four_n_plus_one(cls, value: int) -> int:
+        if value % 4 != 1:
+            below = (value - 1) // 4 * 4 + 1
+            nearest = [v for v in (below, below + 4) if 25 <= v <= 121]
+            raise PydanticCustomError(
+                "frame_count",
+                "must be of the form 4n+1 (25, 29, ..., 121); nearest valid values: {nearest}",
+                {"nearest": " or ".join(map(str, nearest))},
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_image_at_most(self) -> "VideoRequest":
+        if self.image_url is not None and self.image_base64 is not None:
+            raise PydanticCustomError("two_images", "give at most one of image_url and image_base64")
+        return self
+
+    @property
+    def mode(self) -> Literal["t2v", "ti2v"]:
+        return "t2v" if self.image_url is None and self.image_base64 is None else "ti2v"
+
+    @property
+    def shape(self) -> VideoShape:
+        return VideoShape.of(self, image=self.mode == "ti2v")
+
+
+class PredictResponse(BaseModel):
+    video_base64: str = Field(description="The MP4 (H.264, yuv420p, +faststart), base64-encoded.")
+    details: VideoDetails
+
+
+class JobDeleted(BaseModel):
+    id: str
+    object: Literal["video.deleted"] = "video.deleted"
+    deleted: bool = True
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+    request_id: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error statuses, all in the error shape."""
+    return {status: {"model": ErrorResponse, "description": text} for status, text in descriptions.items()}
+
+
+# Bodies of POST /predict and /v1/videos are parsed by hand (after auth), so FastAPI cannot infer
+# their schema: declare it.
+VIDEO_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": VideoRequest.model_json_schema()}},
+    }
+}

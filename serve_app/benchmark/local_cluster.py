@@ -1,0 +1,89 @@
+"""A local multi-node Ray cluster of simulated GPU nodes, serving the app: a head node without
+GPU and worker nodes that each declare one GPU. Ray's accounting is what places the generator
+replicas, one per "GPU"; the work itself runs on the CPU. Used by the autoscaling benchmark, the
+capacity simulation and the tests (which deploy their configs with `deploy_config`)."""
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from serve_app.deployments import APP, GENERATOR, INGRESS, replica_states
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cluster_config(port: int, args: dict, autoscaling: dict) -> dict:
+    """A Serve config of the app whose generator asks for one GPU a replica and autoscales."""
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": port, "request_timeout_s": 600},
+        "applications": [
+            {
+                "name": APP,
+                "route_prefix": "/",
+                "import_path": "serve_app.app:build_app",
+                "args": args,
+                "deployments": [
+                    {"name": INGRESS, "num_replicas": 1, "ray_actor_options": {"num_cpus": 0}},
+                    {
+                        "name": GENERATOR,
+                        # A GPU from Ray's point of view, though the work runs on the CPU.
+                        "ray_actor_options": {"num_gpus": 1, "num_cpus": 1},
+                        "autoscaling_config": {"target_ongoing_requests": 1, **autoscaling},
+                        "graceful_shutdown_timeout_s": 30,
+                    },
+                ],
+            }
+        ],
+    }
+
+
+def deploy_config(config: dict, ready_within_s: float = 120) -> str:
+    """Deploy a Serve config on the connected Ray cluster the way `serve run CONFIG` does, and
+    return its URL once `/readyz` says ready."""
+    import httpx
+    from ray.serve._private import api as serve_private_api
+    from ray.serve.schema import ServeDeploySchema
+
+    # Private API, but it is exactly what `serve run CONFIG` calls (ray/serve/scripts.py).
+    schema = ServeDeploySchema.model_validate(config)
+    client = serve_private_api.serve_start(http_options=schema.http_options.model_dump())
+    client.deploy_apps(schema, _blocking=True)
+    url = f"http://127.0.0.1:{schema.http_options.port}"
+    deadline = time.monotonic() + ready_within_s
+    while httpx.get(f"{url}/readyz").status_code != 200:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} was not ready within {ready_within_s:g} s")
+        time.sleep(0.5)
+    return url
+
+
+@contextmanager
+def serve_on_gpu_cluster(gpu_nodes: int, config: dict, api_key: str) -> Iterator[str]:
+    """Start the cluster, deploy `config` and yield its base URL; shut everything down after."""
+    import ray
+    from ray import serve
+    from ray.cluster_utils import Cluster
+
+    os.environ["WAN_API_KEYS"] = api_key  # inherited by the nodes' processes
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False})
+    for _ in range(gpu_nodes):
+        cluster.add_node(num_cpus=2, num_gpus=1)
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        yield deploy_config(config)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def generator_replicas() -> dict[str, int]:
+    """The generator's replicas by state."""
+    return replica_states(APP, GENERATOR)

@@ -1,0 +1,121 @@
+"""The generator deployment: one replica per GPU holds the pipeline and runs one generation at
+a time (`pipeline.py`), in a worker thread so that the replica's event loop keeps answering
+health checks. It streams the job's progress, then its result, and turns GPU faults into a
+failed job or a failed health check."""
+
+import asyncio
+import contextvars
+import logging
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import ray
+import torch
+
+from serve_app.common.logs import use_serve_log_handlers
+from serve_app.config import AppArgs
+from serve_app.engine.errors import GenerationCancelled, VideoTooLarge
+from serve_app.engine.runner import make_runner
+from serve_app.messages import GenerationFailure, GenerationRequest, GenerationResult, Progress, Started
+
+logger = logging.getLogger(__name__)
+
+
+class Generator:
+    """Loads the model once in its constructor; `generate` turns a request into an MP4."""
+
+    def __init__(self, args: AppArgs) -> None:
+        use_serve_log_handlers()
+        self.runner = make_runner(args)
+        self.runner.warm_up(args.warmup_size)
+        # One thread: a replica never runs two generations at once, whatever its config says.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wan-generate")
+        self._broken: str | None = None  # why this replica can no longer generate
+        self._worker_name = _worker_name()
+        self._max_generation_s = args.max_generation_s
+
+    async def generate(
+        self, request: GenerationRequest
+    ) -> AsyncIterator[Started | Progress | GenerationResult | GenerationFailure]:
+        """Streams `Started`, then `Progress` as the job advances, then the `GenerationResult` (or a
+        `GenerationFailure` the user can act on: the video is too large, the GPU ran out of memory,
+        the generation outlasted `max_generation_s`).
+
+        Called with `handle.options(stream=True)`. Cancelling the call stops the pipeline at the end
+        of its current step, and the call ends only once the worker thread is free again, so the
+        next job starts on a free replica.
+        """
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Progress | None] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def report(progress: Progress) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, progress)
+
+        # Copy the context so that log lines from the worker thread carry Serve's request id.
+        context = contextvars.copy_context()
+        yield Started(worker=self._worker_name, runtime=self.runner.description, capacity=self.runner.capacity)
+        work = loop.run_in_executor(self._worker, context.run, self.runner.run, request, report, cancel)
+        # Queued after every `report` of the thread, so it comes last.
+        work.add_done_callback(lambda _: events.put_nowait(None))
+        # Past the deadline the pipeline stops at the end of its step, as for a cancel.
+        deadline = loop.call_later(self._max_generation_s, cancel.set) if self._max_generation_s else None
+        try:
+            while (progress := await events.get()) is not None:
+                yield progress
+            yield self._outcome(work, request)
+        except asyncio.CancelledError:
+            cancel.set()
+            await asyncio.wait([work])
+            logger.info("generation cancelled")
+            raise
+        finally:
+            cancel.set()
+            if deadline is not None:
+                deadline.cancel()
+
+    def _outcome(self, work: asyncio.Future, request: GenerationRequest) -> GenerationResult | GenerationFailure:
+        try:
+            return work.result()
+        except VideoTooLarge as exc:
+            return GenerationFailure(code="video_too_large", message=str(exc))
+        except GenerationCancelled:
+            # Nothing else cancels a generation whose caller still reads it: the deadline passed.
+            logger.warning("generation stopped at its deadline of %g s", self._max_generation_s)
+            return GenerationFailure(
+                code="timeout",
+                message=f"The generation took longer than this server's limit of {self._max_generation_s:g} s "
+                "and was stopped. Try fewer steps, a smaller size or fewer frames.",
+            )
+        except torch.OutOfMemoryError:
+            # Recoverable: free what the failed job held; the replica stays in service.
+            if self.runner.on_gpu:
+                torch.cuda.empty_cache()
+            logger.warning("out of memory at %dx%dx%d", request.width, request.height, request.num_frames)
+            return GenerationFailure(
+                code="gpu_out_of_memory",
+                message=f"The GPU ran out of memory for {request.width}x{request.height} with "
+                f"{request.num_frames} frames. Try a smaller size or fewer frames.",
+            )
+        except RuntimeError as exc:
+            # A CUDA error (an illegal memory access, a device-side assert) poisons the process's
+            # CUDA context: every later job would fail too. Fail health checks to be replaced.
+            if "CUDA error" in str(exc):
+                self._broken = f"CUDA error in an earlier job: {exc}"
+            raise
+
+    def check_health(self) -> None:
+        """Called by Ray Serve; raising marks the replica unhealthy and has it replaced."""
+        if self._broken:
+            raise RuntimeError(self._broken)
+        if self.runner.on_gpu and not torch.cuda.is_available():
+            raise RuntimeError("the replica's GPU is gone")
+
+
+def _worker_name() -> str | None:
+    """The Ray node and GPU this replica runs on, reported with each job (None outside Ray)."""
+    if not ray.is_initialized():
+        return None
+    gpus = ",".join(map(str, ray.get_gpu_ids())) or "none"
+    return f"node {ray.get_runtime_context().get_node_id()[:12]}, GPU {gpus}"

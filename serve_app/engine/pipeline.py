@@ -1,0 +1,205 @@
+"""One generation with the diffusers Wan2.2 pipeline, stage by stage: text encoding, denoising
+(its step callback reports progress and honours cancel), VAE decoding to uint8 on the device,
+MP4 encoding. Runs in the generator's worker thread."""
+
+import io
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from serve_app.engine.errors import GenerationCancelled, VideoTooLarge
+from serve_app.engine.model import LoadedModel, decode_to_uint8
+from serve_app.engine.speedups import step_cache
+from serve_app.engine.video import encode_jpeg, encode_mp4
+from serve_app.messages import GenerationRequest, GenerationResult, Progress, StageTimings
+
+logger = logging.getLogger(__name__)
+
+# Wan2.2 was trained with prompts of up to 512 tokens.
+MAX_SEQUENCE_LENGTH = 512
+
+Report = Callable[[Progress], None]
+# The denoising graphs a request can take besides the warm-up's own (guidance in a batch of two,
+# quality mode), by compile mode: guidance off is a batch of one; `regional` also compiles the
+# blocks that fast mode's step cache wraps (`full` runs fast generations eagerly).
+WARM_UP_VARIANTS: dict[str, tuple[dict, ...]] = {
+    "off": (),
+    "full": ({"guidance_scale": 1.0},),
+    "regional": ({"guidance_scale": 1.0}, {"speed_mode": "fast"}, {"guidance_scale": 1.0, "speed_mode": "fast"}),
+}
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """A request's text embeddings, in the transformer's dtype; no negative one without guidance."""
+
+    positive: torch.Tensor
+    negative: torch.Tensor | None
+
+
+class PipelineRunner:
+    """Runs requests on a loaded model; `run` is what the generator calls in its worker thread."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+        self.name = model.name
+        self.on_gpu = model.device.type == "cuda"
+        self.capacity = model.capacity
+        device = torch.cuda.get_device_name(model.device) if self.on_gpu else "cpu"
+        self.description = {"model": model.name, "device": device, **model.options}
+
+    def warm_up(self, size: str) -> None:
+        """Before the first job, on a GPU or with a compiled transformer: a 2-step generation at
+        `size` (WxHxF) pays the GPU's one-time costs (kernel selection, allocator growth) and the
+        compilation; with compilation, the denoising of every other graph a request can take too
+        (guidance off: a batch of one; with `regional`, `fast` mode's step cache around the compiled
+        blocks), so that no user pays for one. A CPU without compilation has nothing to warm."""
+        compile_mode = self.model.options["compile"]
+        if not self.on_gpu and compile_mode == "off":
+            return
+        width, height, frames = (int(side) for side in size.split("x"))
+        started = time.perf_counter()
+        request = GenerationRequest(
+            prompt="warm-up", negative_prompt="blurry", width=width, height=height, num_frames=frames,
+            num_inference_steps=2, guidance_scale=5.0, fps=24, seed=0,
+        )  # fmt: skip
+        self.run(request)
+        for update in WARM_UP_VARIANTS[compile_mode]:
+            variant = request.model_copy(update=update)
+            with torch.inference_mode():
+                self.denoise(variant, self.encode_prompts(variant))
+        logger.info("warmed up at %s in %.1f s", size, time.perf_counter() - started)
+
+    @torch.inference_mode()
+    def run(
+        self,
+        request: GenerationRequest,
+        report: Report = lambda _: None,
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult:
+        """Generate one video, timing each stage.
+
+        `report` receives the progress of denoising; setting `cancel` stops the job at the end of
+        the current step (diffusers' own `interrupt` would skip the steps left but still decode).
+        A video larger than this replica's memory allows raises VideoTooLarge before any work.
+        """
+        cancel = cancel or threading.Event()
+        self._check_fits(request)
+
+        def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+            if cancel.is_set():
+                raise GenerationCancelled
+            report(Progress(step=step + 1, total=pipe.num_timesteps))
+            return callback_kwargs
+
+        if self.on_gpu:
+            torch.cuda.reset_peak_memory_stats(self.model.device)
+        started = self._clock()
+        prompts = self.encode_prompts(request)  # 1. text encoding
+        encoded = self._clock()
+        latents = self.denoise(request, prompts, on_step_end)  # 2. denoising
+        denoised = self._clock()
+        if cancel.is_set():
+            raise GenerationCancelled
+        on_device = decode_to_uint8(self.model.t2v.vae, latents)  # 3. VAE decoding
+        decoded = self._clock()
+        frames = on_device.cpu().numpy()
+        transferred = time.perf_counter()
+        video = encode_mp4(frames, request.fps)  # 4. MP4 encoding
+        finished = time.perf_counter()
+
+        timings = StageTimings(
+            text_encoding_s=round(encoded - started, 4),
+            denoising_s=round(denoised - encoded, 4),
+            decoding_s=round(decoded - denoised, 4),
+            transfer_s=round(transferred - decoded, 4),
+            encoding_s=round(finished - transferred, 4),
+        )
+        logger.info(
+            "generated %dx%dx%d in %.2f s", request.width, request.height, request.num_frames, finished - started
+        )
+        return GenerationResult(
+            video_mp4=video,
+            thumbnail_jpeg=encode_jpeg(frames[0]),
+            model=self.model.name,
+            timings=timings,
+            peak_gpu_memory_bytes=torch.cuda.max_memory_allocated(self.model.device) if self.on_gpu else None,
+        )
+
+    def _check_fits(self, request: GenerationRequest) -> None:
+        if self.capacity is None:
+            return
+        size = (request.width, request.height, request.num_frames)
+        reason = self.capacity.refusal(
+            *size, guidance=request.guidance_scale > 1.0, image=request.image_png is not None
+        )
+        if reason is not None:
+            raise VideoTooLarge(reason)
+
+    def encode_prompts(self, request: GenerationRequest) -> Prompts:
+        """The embeddings, cast here to the transformer's dtype: the pipeline then passes these very
+        tensors to the transformer, which batched guidance relies on."""
+        use_cfg = request.guidance_scale > 1.0
+        with self._text_encoder_on_gpu():
+            positive, negative = self.model.t2v.encode_prompt(
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt,
+                do_classifier_free_guidance=use_cfg,
+                max_sequence_length=MAX_SEQUENCE_LENGTH,
+                device=self.model.device,
+            )
+        dtype = self.model.t2v.transformer.dtype
+        return Prompts(positive=positive.to(dtype), negative=negative.to(dtype) if use_cfg else None)
+
+    def denoise(
+        self, request: GenerationRequest, prompts: Prompts, on_step_end: Callable | None = None
+    ) -> torch.Tensor:
+        """The denoised latents: the pipeline stops there, so that decoding is ours to time and to
+        keep compact."""
+        model = self.model
+        image_kwargs = {}
+        if request.image_png is not None:
+            image_kwargs["image"] = Image.open(io.BytesIO(request.image_png)).convert("RGB")
+        pipe = model.i2v if request.image_png is not None else model.t2v
+        guidance = model.guidance.guiding(prompts.negative) if model.guidance is not None else nullcontext()
+        with guidance, step_cache(pipe.transformer, request.speed_mode, model.options["compile"]):
+            return pipe(
+                prompt_embeds=prompts.positive,
+                negative_prompt_embeds=prompts.negative,
+                height=request.height,
+                width=request.width,
+                num_frames=request.num_frames,
+                num_inference_steps=request.num_inference_steps,
+                guidance_scale=request.guidance_scale,
+                generator=torch.Generator(device=model.device).manual_seed(request.seed),
+                output_type="latent",
+                return_dict=False,
+                callback_on_step_end=on_step_end,
+                **image_kwargs,
+            )[0]
+
+    @contextmanager
+    def _text_encoder_on_gpu(self) -> Iterator[None]:
+        """With the `text_encoder_offload` plan, the text encoder comes to the GPU for the prompts
+        and leaves again: its 10.6 GiB are free while the transformer and the VAE run."""
+        if self.model.plan.memory_mode != "text_encoder_offload":
+            yield
+            return
+        text_encoder = self.model.t2v.text_encoder
+        text_encoder.to(self.model.device)
+        try:
+            yield
+        finally:
+            text_encoder.to("cpu")
+
+    def _clock(self) -> float:
+        # CUDA runs asynchronously: wait for the work queued so far, so it counts in the stage that made it.
+        if self.on_gpu:
+            torch.cuda.synchronize(self.model.device)
+        return time.perf_counter()

@@ -1,0 +1,37 @@
+"""What a Generator replica runs requests with, chosen in one place: the diffusers pipeline on a
+checkpoint (`tiny` included), or the capacity simulator (`model: simulated`). Nothing else asks
+which one it has."""
+
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from serve_app.capacity import Capacity
+from serve_app.config import AppArgs
+from serve_app.messages import GenerationRequest, GenerationResult, Progress
+
+
+class Runner(Protocol):
+    on_gpu: bool
+    description: dict  # how it runs: model, device, dtype, plan, options; reported with every job
+    capacity: Capacity | None  # what its GPU memory allows; None where memory is no limit
+
+    def warm_up(self, size: str) -> None:
+        """Pay one-time costs (kernel selection, compilation) before the first job."""
+
+    def run(
+        self, request: GenerationRequest, report: Callable[[Progress], None], cancel: threading.Event
+    ) -> GenerationResult:
+        """Generate one video in the calling thread, reporting each step; `cancel` stops it at the
+        end of the current step (raising GenerationCancelled)."""
+
+
+def make_runner(args: AppArgs) -> Runner:
+    if args.model == "simulated":
+        from serve_app.engine.simulator import SimulatedRunner
+
+        return SimulatedRunner(args.simulated_time_scale)
+    from serve_app.engine.model import load_model, resolve_device
+    from serve_app.engine.pipeline import PipelineRunner
+
+    return PipelineRunner(load_model(args.model, resolve_device(args.device), args.cache_dir, args.pipeline_options))

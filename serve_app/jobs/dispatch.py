@@ -1,0 +1,226 @@
+"""Running jobs: each job this Jobs replica holds is dispatched once to the Generator deployment
+(Serve's router queues it, first come first served, and autoscales the generators on that queue),
+and its stream followed to the end: `Started`, each step's `Progress`, then the result, written to
+storage before the job is marked completed. Every transition is a compare-and-set in the store, so
+a job cancelled, deleted or handed over meanwhile stops here at its next event, and its
+generation at the end of the current step."""
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ray.exceptions import RayActorError
+
+from serve_app.common.metrics import JobMetrics
+from serve_app.common.storage import REFERENCE, THUMBNAIL, VIDEO, ResultStorage
+from serve_app.common.tasks import spawn
+from serve_app.jobs.store import JobStore
+from serve_app.jobs.webhooks import event
+from serve_app.messages import (
+    GenerationFailure,
+    GenerationRequest,
+    GenerationResult,
+    Job,
+    JobError,
+    JobTimings,
+    Progress,
+    Started,
+    VideoDetails,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class Stream(Protocol):
+    """A generator replica's answer to one request: `handle.options(stream=True).generate.remote(...)`."""
+
+    def __aiter__(self): ...
+
+    def cancel(self) -> None: ...
+
+
+class GeneratorHandle(Protocol):
+    def remote(self, request: GenerationRequest) -> Stream: ...
+
+
+@dataclass
+class RunningJob:
+    """What this replica keeps about a job it dispatched, until the job's stream ends."""
+
+    job_id: str
+    stream: Stream
+    queued_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    task: asyncio.Task | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.started_at is not None
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: JobStore,
+        storage: ResultStorage,
+        generate: GeneratorHandle,
+        runner: str,
+        retention_s: float,
+        metrics: JobMetrics,
+        on_started: Callable[[Started], None],
+        on_finished: Callable[[Job, float], None],
+    ) -> None:
+        self._store = store
+        self._storage = storage
+        self._generate = generate
+        self._runner = runner
+        self._retention_s = retention_s
+        self._metrics = metrics
+        self._on_started = on_started
+        self._on_finished = on_finished
+        self.running: dict[str, RunningJob] = {}
+
+    async def dispatch(self, job_id: str, request: GenerationRequest | None = None) -> None:
+        """Send the job to the generators and follow it. Without `request` (a job adopted from
+        another replica) it comes from the store, and its reference image from storage."""
+        if request is None:
+            request = await self._store.request(job_id)
+        if request.image_png is None and await asyncio.to_thread(self._storage.exists, job_id, REFERENCE):
+            image = await asyncio.to_thread(self._storage.read, job_id, REFERENCE)
+            request = request.model_copy(update={"image_png": image})
+        running = RunningJob(job_id, self._generate.remote(request))
+        self.running[job_id] = running
+        running.task = spawn(self._follow(running), name=f"follow {job_id}")
+
+    async def finish(
+        self,
+        job_id: str,
+        status: str,
+        error: JobError | None = None,
+        details: VideoDetails | None = None,
+        result: GenerationResult | None = None,
+    ) -> Job | None:
+        """Move a job to its final status, from any replica; None if it had already finished or is
+        gone. A generation this replica runs for it is stopped (another replica's hears of it)."""
+        stored = await self._store.get(job_id)
+        if stored is None or stored.job.finished:
+            return None
+        now = int(time.time())
+        job = stored.job.model_copy(
+            update={
+                "status": status,
+                "progress": 100 if status == "completed" else stored.job.progress,
+                "completed_at": now,
+                "expires_at": now + int(self._retention_s),
+                "error": error,
+                "details": details or stored.job.details,
+            }
+        )
+        webhook = None
+        if stored.webhook_url and status in ("completed", "failed"):
+            message_id = "msg_" + secrets.token_hex(12)
+            webhook = (message_id, event(job, message_id))
+        stored_bytes = len(result.video_mp4) + len(result.thumbnail_jpeg) if result else 0
+        if not await self._store.finish(job, webhook, stored_bytes):
+            return None
+        running = self.running.pop(job_id, None)
+        if running is not None and result is None:
+            running.stream.cancel()
+        await asyncio.to_thread(self._storage.delete_file, job_id, REFERENCE)
+        gpu_s = time.time() - running.started_at if running and running.started_at else 0.0
+        self._metrics.finished_job(stored.owner, job, gpu_s, result.peak_gpu_memory_bytes if result else None)
+        self._on_finished(job, gpu_s)
+        logger.info("job %s: %s", job_id, status if error is None else f"{status} ({error.code})")
+        return job
+
+    def stop(self, job_id: str) -> None:
+        """Stop following a job: the router never assigns it if still queued; a generation stops at
+        the end of its step."""
+        running = self.running.pop(job_id, None)
+        if running is not None:
+            running.stream.cancel()
+
+    async def _follow(self, running: RunningJob) -> None:
+        job_id = running.job_id
+        try:
+            async for message in running.stream:
+                if isinstance(message, Started):
+                    following = await self._started(running, message)
+                elif isinstance(message, Progress):
+                    following = await self._progress(job_id, message)
+                elif isinstance(message, GenerationFailure):
+                    await self.finish(job_id, "failed", JobError(code=message.code, message=message.message))
+                    return
+                else:
+                    await self._complete(running, message)
+                    return
+                if not following:
+                    return
+            raise RuntimeError("the generator's stream ended without a result")
+        except Exception as exc:
+            if self.running.get(job_id) is running:  # not stopped on purpose
+                await self._failed(job_id, exc)
+
+    async def _started(self, running: RunningJob, started: Started) -> bool:
+        self._on_started(started)
+        stored = await self._store.get(running.job_id)
+        if stored is None:
+            self.stop(running.job_id)
+            return False
+        running.started_at = time.time()
+        job = stored.job.model_copy(
+            update={"status": "in_progress", "started_at": int(running.started_at), "worker": started.worker}
+        )
+        if not await self._store.start(job, self._runner):
+            # Cancelled, or handed over to another replica, just as the generator took it.
+            self.stop(running.job_id)
+            return False
+        self._metrics.started(running.started_at - running.queued_at)
+        await asyncio.to_thread(self._storage.delete_file, running.job_id, REFERENCE)
+        logger.info("job %s: started on %s", running.job_id, started.worker)
+        return True
+
+    async def _progress(self, job_id: str, progress: Progress) -> bool:
+        stored = await self._store.get(job_id)
+        if stored is None or stored.job.finished:
+            self.stop(job_id)
+            return False
+        # 100 is kept for a finished video: decoding and encoding come after the last step.
+        job = stored.job.model_copy(update={"progress": min(99, 100 * progress.step // progress.total)})
+        if not await self._store.progress(job, self._runner):
+            self.stop(job_id)
+            return False
+        return True
+
+    async def _complete(self, running: RunningJob, result: GenerationResult) -> None:
+        job_id = running.job_id
+        files = {VIDEO: result.video_mp4, THUMBNAIL: result.thumbnail_jpeg}
+        # Whole files under their final names before the job says completed.
+        await asyncio.to_thread(self._storage.write, job_id, files)
+        stored = await self._store.get(job_id)
+        if stored is None or stored.job.finished:  # deleted or cancelled while its files were written
+            await asyncio.to_thread(self._storage.delete, job_id)
+            return
+        started_at = running.started_at or time.time()
+        timings = JobTimings(queued_s=round(started_at - running.queued_at, 3), **result.timings.model_dump())
+        details = stored.job.details.model_copy(update={"model": result.model, "timings": timings})
+        await self.finish(job_id, "completed", details=details, result=result)
+
+    async def _failed(self, job_id: str, exc: Exception) -> None:
+        if isinstance(exc, RayActorError):
+            error = JobError(
+                code="replica_died",
+                message="The generator replica running this job stopped (its process died). "
+                "The job is not retried: submit it again.",
+            )
+        else:
+            error = JobError(
+                code="generation_failed",
+                message=f"Generation failed; the server log has the details under job id {job_id}.",
+            )
+        logger.error("job %s: %s", job_id, error.message, exc_info=exc)
+        await self.finish(job_id, "failed", error)

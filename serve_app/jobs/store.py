@@ -1,0 +1,148 @@
+"""The durable record of jobs that every Jobs replica shares: one interface, two databases.
+
+SQLite (`sqlite:///path` or a path: the embedded default, one machine) and PostgreSQL
+(`postgresql://...`: several Jobs replicas, several machines). A job's status changes only through
+these methods, each a compare-and-set on the job's claim (`runner`, the Jobs replica that
+dispatched it) and its status, so that two replicas never both run, start or finish one job.
+Every method is a coroutine that keeps the event loop free.
+"""
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from serve_app.messages import GenerationRequest, Job
+
+# Yielded by `changes` when any job may have changed unseen (a lost connection, re-established).
+EVERY_JOB = "*"
+
+
+class DuplicateKey(Exception):
+    """Another job of the owner has this idempotency key."""
+
+
+@dataclass(frozen=True)
+class StoredJob:
+    job: Job
+    owner: str
+    runner: str | None
+    webhook_url: str | None
+    request_hash: str | None
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What a submission stores beside the job object."""
+
+    owner: str
+    request: GenerationRequest  # without its image: that is in result storage
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    webhook_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A job adopted from a Jobs replica that stopped beating (or that released it)."""
+
+    job_id: str
+    status: str
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """A webhook event waiting in the outbox."""
+
+    id: int
+    job_id: str
+    url: str
+    message_id: str
+    body: bytes
+    attempts: int
+
+
+class JobStore(Protocol):
+    async def migrate(self) -> None:
+        """Create or upgrade the schema; safe when several replicas start at once."""
+
+    async def close(self) -> None: ...
+
+    # Jobs.
+
+    async def add(self, job: Job, new: NewJob, runner: str) -> None:
+        """Record a queued job, claimed by `runner` (the replica that will dispatch it); DuplicateKey
+        if the owner has another job with its idempotency key."""
+
+    async def get(self, job_id: str) -> StoredJob | None: ...
+
+    async def find_idempotent(self, owner: str, key: str) -> StoredJob | None: ...
+
+    async def request(self, job_id: str) -> GenerationRequest: ...
+
+    async def queue_position(self, job_id: str) -> int:
+        """1 for the next job to start."""
+
+    async def count(self, status: str, owner: str | None = None) -> int: ...
+
+    async def usage(self, owner: str) -> tuple[int, int]:
+        """The owner's stored jobs and their stored bytes."""
+
+    async def page(self, owner: str, after: str | None, limit: int, newest_first: bool) -> list[Job] | None:
+        """Up to `limit` of the owner's jobs after job `after` in the order asked for (None: `after`
+        is not theirs)."""
+
+    # Transitions, each a compare-and-set: False (or None) when the job is not in the state the
+    # caller believed (cancelled, deleted, or claimed by another replica meanwhile).
+
+    async def start(self, job: Job, runner: str) -> bool:
+        """queued -> in_progress, if `runner` holds the claim."""
+
+    async def progress(self, job: Job, runner: str) -> bool:
+        """Save an in_progress job's progress, if `runner` holds the claim and it is still running."""
+
+    async def finish(self, job: Job, webhook: tuple[str, bytes] | None = None, stored_bytes: int = 0) -> bool:
+        """A queued or running job -> its final status (and its webhook event, `(message id, body)`,
+        into the outbox in the same transaction); False if it had already finished."""
+
+    async def release(self, job_id: str, runner: str) -> bool:
+        """Give up the claim on a job that has not started, for another replica to dispatch."""
+
+    async def delete(self, job_id: str) -> None: ...
+
+    async def expired(self, now: float) -> list[str]: ...
+
+    # Replicas, by the database's clock.
+
+    async def heartbeat(self, runner: str) -> None: ...
+
+    async def retire(self, runner: str) -> None: ...
+
+    async def adopt(self, runner: str, silent_s: float) -> list[Orphan]:
+        """Claim the queued and running jobs that no live replica holds: released ones, and those of
+        replicas not heard of for `silent_s` seconds by the database's clock."""
+
+    # The webhook outbox.
+
+    async def due_webhooks(self, runner: str, lease_s: float, limit: int) -> list[Webhook]:
+        """Lease the webhooks due now to `runner` for `lease_s` seconds (no other replica sends them
+        meanwhile)."""
+
+    async def webhook_done(self, webhook_id: int) -> None: ...
+
+    async def webhook_retry(self, webhook_id: int, delay_s: float) -> None: ...
+
+    # Changes.
+
+    def changes(self) -> AsyncIterator[str]:
+        """The ids of jobs changed by any replica (this one included), as they change."""
+
+
+def open_store(database_url: str) -> JobStore:
+    """The store a `database_url` names: postgresql://... or sqlite:///path (or a plain path)."""
+    if database_url.startswith(("postgresql://", "postgres://")):
+        from serve_app.jobs.postgres import PostgresStore
+
+        return PostgresStore(database_url)
+    from serve_app.jobs.sqlite import SqliteStore
+
+    return SqliteStore(database_url.removeprefix("sqlite://"))

@@ -1,0 +1,110 @@
+"""Reference images: refused URLs (non-public addresses, after DNS and on every redirect,
+other schemes, not images, too large, too slow), and cover-and-crop instead of stretching."""
+
+import io
+
+import pytest
+from PIL import Image
+from support.service import SMALL
+
+from serve_app.api.errors import PayloadTooLarge
+from serve_app.api.images import ImagePolicy, prepare_image
+
+POLICY = ImagePolicy(max_bytes=2**20, max_pixels=4_000_000, fetch_timeout_s=3)
+
+
+def post_url(client, url):
+    return client.post("/predict", json={"prompt": "a", "image_url": url, **SMALL})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.2/cat.png",  # loopback not on the allow-list
+        "http://localhost.localdomain:1/cat.png",
+        "http://[::1]/cat.png",
+        "http://[::ffff:127.0.0.2]/cat.png",  # IPv4-mapped loopback
+        "http://10.1.2.3/cat.png",
+        "http://192.168.0.1/cat.png",
+        "http://172.16.5.4/cat.png",
+        "http://169.254.169.254/latest/meta-data/",  # cloud metadata
+        "http://100.64.0.1/cat.png",  # carrier-grade NAT
+        "http://0.0.0.0/cat.png",
+        "http://224.0.0.1/cat.png",  # multicast
+    ],
+)
+def test_non_public_addresses_are_refused_before_connecting(client, url):
+    response = post_url(client, url)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "image_url"
+    # The same words whatever the reason: a refusal does not say what a name resolves to.
+    assert error["message"] == "image_url points to an address that is not allowed."
+
+
+def test_redirect_to_loopback_is_refused(client, image_server):
+    response = post_url(client, f"{image_server}/to-loopback")
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "image_url points to an address that is not allowed."
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com/a.png", "file:///etc/passwd", "gopher://x/", "not a url"])
+def test_other_schemes_are_refused(client, url):
+    response = post_url(client, url)
+    assert response.status_code == 400
+    assert "http or https" in response.json()["error"]["message"]
+
+
+def test_a_url_that_is_not_an_image_is_a_400(client, image_server):
+    response = post_url(client, f"{image_server}/notes.txt")
+    assert response.status_code == 400
+    assert "could not be decoded" in response.json()["error"]["message"]
+
+
+def test_a_missing_image_is_a_400(client, image_server):
+    response = post_url(client, f"{image_server}/missing.png")
+    assert response.status_code == 400
+    assert "HTTP 404" in response.json()["error"]["message"]
+
+
+def test_an_image_over_the_cap_is_a_413(client, image_server):
+    response = post_url(client, f"{image_server}/huge.bin")
+    assert response.status_code == 413
+    assert response.json()["error"]["param"] == "image_url"
+
+
+def test_a_slow_image_server_is_cut_off(client, image_server):
+    response = post_url(client, f"{image_server}/slow.png")
+    assert response.status_code == 400
+    assert "longer than 3 s" in response.json()["error"]["message"]
+
+
+def _decode(png: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(png))
+
+
+def test_image_is_covered_and_centre_cropped_not_stretched():
+    # A green square between two red bands: cropping to a square keeps only green;
+    # stretching would squeeze the red bands in.
+    source = Image.new("RGB", (300, 100), (255, 0, 0))
+    source.paste((0, 255, 0), (100, 0, 200, 100))
+    out = io.BytesIO()
+    source.save(out, format="PNG")
+    result = _decode(prepare_image(out.getvalue(), 64, 64, POLICY, "image_base64"))
+    assert result.size == (64, 64)
+    assert result.mode == "RGB"
+    assert result.getpixel((0, 32))[0] < 30 and result.getpixel((63, 32))[0] < 30
+
+
+def test_non_rgb_images_are_converted():
+    out = io.BytesIO()
+    Image.new("LA", (50, 50), (128, 200)).save(out, format="PNG")
+    result = _decode(prepare_image(out.getvalue(), 32, 64, POLICY, "image_base64"))
+    assert (result.size, result.mode) == ((32, 64), "RGB")
+
+
+def test_decompression_bomb_is_refused_from_the_header():
+    out = io.BytesIO()
+    Image.new("1", (5000, 5000)).save(out, format="PNG")  # 25 MP in a few KB
+    with pytest.raises(PayloadTooLarge, match="pixel limit"):
+        prepare_image(out.getvalue(), 64, 64, POLICY, "image_url")

@@ -1,0 +1,114 @@
+"""The benchmarks' CPU paths with the tiny model: the one-configuration benchmark, the memory plan
+printout, the GPU check (with what a GPU machine lacks made unimportable), and the docs' GPU table
+generated from the check's files."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from support.service import ROOT
+
+from serve_app.benchmark import results
+from serve_app.benchmark.measure import BENCHMARK_CACHE, transformer_flops
+from serve_app.engine.full_size import TRANSFORMER_CONFIG
+from serve_app.engine.tiny import ensure_tiny_checkpoint
+
+pytestmark = pytest.mark.e2e
+
+
+def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_the_benchmark_runs_on_a_cpu_in_bf16_and_writes_its_figures(tmp_path):
+    out = tmp_path / "cpu.json"
+    done = run("-m", "serve_app.benchmark", "--model", "tiny", "--device", "cpu", "--size", "64x64", "--frames", "25",
+               "--steps", "3", "--arg", "dtype=bfloat16", "--arg", "cfg_batch=false", "--json", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["options"]["cfg_batch"] is False and figures["size"] == "64x64x25"
+    assert figures["plan"] == "full, VAE tiling off, guidance one pass at a time"
+    assert figures["dtypes"]["vae"] == {"float32": 140} and set(figures["dtypes"]["transformer"]) == {
+        "bfloat16",
+        "float32",
+    }
+    stages = ("text_encoding_s", "denoising_s", "decoding_s", "transfer_s", "encoding_s")
+    assert figures["total_s"] == pytest.approx(sum(figures[name] for name in stages), abs=1e-3)
+    assert figures["step_s"] == pytest.approx(figures["denoising_s"] / 3, abs=1e-4)
+    assert figures["peak_gpu_memory_gib"] is None and figures["predicted_peak_gib"] is None
+    # Two passes a step (guidance), each counted on the tiny transformer's own config.
+    tiny_config = json.loads((ensure_tiny_checkpoint(BENCHMARK_CACHE) / "transformer" / "config.json").read_text())
+    assert figures["transformer_flops_per_step"] == 2 * transformer_flops(tiny_config, 64, 64, 25) > 0
+    assert figures["matmul_peak_tflops"] > 0 and figures["ratio_to_floor"] > 1
+    for line in ("denoising", "ratio to the floor", "matmul peak (measured)", "copy to host", "plan"):
+        assert line in done.stdout
+
+
+def test_a_bad_app_argument_is_a_clear_error():
+    done = run("-m", "serve_app.benchmark", "--arg", "compile=fast")
+    assert done.returncode == 2 and "compile" in done.stderr and "'off', 'regional' or 'full'" in done.stderr
+
+
+def test_the_plan_printout_builds_nothing_and_chooses_as_a_replica_would(tmp_path):
+    out = tmp_path / "plan.json"
+    done = run("-m", "serve_app.benchmark", "--plan", "--size", "1280x704", "--frames", "121", "--gpu-gib", "44",
+               "--json", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["chosen"] == "text_encoder_offload, VAE tiling off, guidance batched"
+    assert figures["usable_gib"] == pytest.approx(44 * 0.9, abs=0.01)
+    assert not figures["plans"][0]["fits"] and figures["plans"][1]["fits"]
+    assert "chosen" in done.stdout and "largest at this size" in done.stdout
+
+
+def test_one_full_size_pass_at_1280x704x121_is_517_tflop():
+    # 27,280 tokens, 30 layers of width 3072, counted on a meta copy.
+    assert transformer_flops(TRANSFORMER_CONFIG, 1280, 704, 121) == pytest.approx(517e12, rel=0.005)
+
+
+# The GPU machine has torch, transformers and accelerate, and not Ray or the web framework.
+WITHOUT_SERVING = "import sys; [sys.modules.__setitem__(name, None) for name in ('ray', 'fastapi', 'starlette')]; "
+
+
+def test_the_gpu_check_runs_without_ray_or_fastapi_and_writes_every_section(tmp_path):
+    code = WITHOUT_SERVING + "from serve_app.benchmark.gpu_check import main; main(sys.argv[1:])"
+    done = run("-c", code, "--model", "tiny", "--device", "cpu", "--size", "64x64x25", "--steps", "2",
+               "--out", str(tmp_path), "--skip", "compile_full", timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (path,) = tmp_path.glob("cpu-*.json")
+    figures = json.loads(path.read_text())
+    assert figures["plan"] == "full, VAE tiling off, guidance batched"
+    sections = ("default", "cfg_batch_off", "attention_backends", "fast_mode", "vae_tiling", "text_encoder")
+    for section in (*sections, "compile_regional"):
+        assert "error" not in figures[section], figures[section]
+    assert figures["compile_full"] == {"skipped": "asked for (--skip)"}
+    default = figures["default"]
+    assert set(default["seconds_per_job"]) == {"20", "30", "50", "100"} and default["step_s"] > 0
+    # Each option's latents against the default's, on the same seed.
+    assert figures["cfg_batch_off"]["max_latent_difference"] < 1e-4
+    assert figures["attention_backends"]["native"]["max_latent_difference"] == 0
+    assert "unavailable" in figures["attention_backends"]["flash"]
+    assert 0 <= figures["fast_mode"]["blocks_skipped_share"] < 1
+
+
+def test_the_docs_gpu_table_is_generated_from_the_results_files():
+    # Fails when a results file was added or changed without regenerating the table.
+    done = run("-m", "serve_app.benchmark.results", "--check")
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_gpu_table_says_not_measured_where_no_run_exists_and_reads_a_run(tmp_path):
+    assert "| 80 GB (A100, H100) | not measured |" in results.table(tmp_path)
+    figures = {
+        "started": "2026-11-25T20:00:00+00:00", "gpu": "NVIDIA H100 80GB HBM3", "gpu_memory_gib": 79.1,
+        "plan": "full, VAE tiling off, guidance batched",
+        "default": {"step_s": 1.9, "seconds_per_job": {"20": 60.0, "30": 79.0, "50": 117.0, "100": 212.0},
+                    "peak_gpu_memory_gib": 40.2, "predicted_peak_gib": 41.9, "ratio_to_floor": 1.6},
+    }  # fmt: skip
+    (tmp_path / "nvidia-h100-80gb-hbm3-2026-11-25.json").write_text(json.dumps(figures))
+    row = results.table(tmp_path).splitlines()[4]
+    assert row.startswith(
+        "| 80 GB (A100, H100) | NVIDIA H100 80GB HBM3 | full, VAE tiling off, guidance batched | 1.9 |"
+    )
+    assert "| 1.9 | 60 / 79 / 117 / 212 | 40.2 (41.9) | 1.6x |" in row

@@ -1,0 +1,38 @@
+"""Prometheus metrics, scraped from the Ray node's metrics endpoint after real jobs."""
+
+import hashlib
+import re
+import time
+
+import httpx
+from support.service import API_KEYS, SMALL, submit, wait_for
+
+
+def scrape_until(port: int, pattern: str, timeout: float = 60) -> str:
+    """The node's metrics once a line matches `pattern` (Ray exports every few seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        if re.search(pattern, text, re.MULTILINE):
+            return text
+        assert time.monotonic() < deadline, f"no metric matches {pattern}"
+        time.sleep(1)
+
+
+def test_jobs_requests_stages_and_usage_per_key_are_exported(client, metrics_port):
+    job = wait_for(client, submit(client, **SMALL)["id"])
+    assert job["status"] == "completed"
+    key_id = hashlib.sha256(API_KEYS[0].encode()).hexdigest()[:16]
+
+    text = scrape_until(metrics_port, rf'^ray_wan_key_video_seconds_total{{.*key="{key_id}".*}} [1-9]')
+    assert re.search(r'^ray_wan_http_requests_total{.*route="/v1/videos".*status="202".*} [1-9]', text, re.M)
+    for stage in ("text_encoding", "denoising", "decoding", "encoding"):
+        assert re.search(rf'^ray_wan_generation_stage_seconds_count{{.*stage="{stage}".*}} [1-9]', text, re.M)
+    # Latency buckets reach 30 minutes.
+    assert re.search(r'^ray_wan_queue_wait_seconds_bucket{.*le="1800.0".*} [1-9]', text, re.M)
+    assert re.search(r"^ray_wan_denoising_steps_per_second_count{.*} [1-9]", text, re.M)
+    assert re.search(r"^ray_wan_queue_depth{.*} \d", text, re.M)
+    assert re.search(rf'^ray_wan_key_gpu_seconds_total{{.*key="{key_id}".*}} \d', text, re.M)
+    assert re.search(r'^ray_wan_jobs_finished_total{.*status="completed".*} [1-9]', text, re.M)
+    # Keys are never exported, only their ids.
+    assert API_KEYS[0] not in text and API_KEYS[1] not in text

@@ -1,0 +1,89 @@
+"""Both Serve config files against Ray's own schema, with every key one Ray would use: Ray
+silently ignores unknown keys, so a typo would quietly become a default."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.config import AutoscalingConfig
+from ray.serve.schema import (
+    DeploymentSchema,
+    ServeDeploySchema,
+)
+from support.configs import unknown_keys
+
+from serve_app.config import AppArgs
+from serve_app.deployments import GENERATOR, GENERATOR_MAX_ONGOING_REQUESTS, INGRESS, JOBS
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ["serve_config.yaml", "serve_config.local.yaml"]
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((ROOT / name).read_text())
+
+
+def deployments(config: dict) -> dict[str, dict]:
+    return {d["name"]: d for d in config["applications"][0]["deployments"]}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_is_valid_for_ray_and_has_no_ignored_keys(name):
+    config = load(name)
+    schema = ServeDeploySchema.model_validate(config)
+    assert unknown_keys(config) == []
+    app = schema.applications[0]
+    assert app.import_path == "serve_app.app:build_app"
+    AppArgs.model_validate(app.args)
+    assert set(deployments(config)) == {INGRESS, JOBS, GENERATOR}
+    for deployment in deployments(config).values():
+        DeploymentSchema.model_validate(deployment)
+        if deployment.get("autoscaling_config"):
+            AutoscalingConfig(**deployment["autoscaling_config"])
+    assert schema.http_options.request_timeout_s >= 1200
+
+
+def test_the_checker_catches_a_typo():
+    config = load("serve_config.yaml")
+    generator = deployments(config)["Generator"]
+    generator["max_ongoing_request"] = 1
+    generator["autoscaling_config"]["upscale_delay"] = 5
+    config["applications"][0]["args"]["modle"] = "x"
+    config["http_options"]["request_timeout"] = 5
+    assert sorted(unknown_keys(config)) == sorted(
+        [
+            "applications[wan].deployments[Generator].max_ongoing_request",
+            "applications[wan].deployments[Generator].autoscaling_config.upscale_delay",
+            "applications[wan].args.modle",
+            "http_options.request_timeout",
+        ]
+    )
+
+
+def test_production_config_serves_the_real_model_one_gpu_per_replica():
+    config = load("serve_config.yaml")
+    args = AppArgs.model_validate(config["applications"][0]["args"])
+    assert args.model == "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
+    generator = deployments(config)["Generator"]
+    assert generator["ray_actor_options"]["num_gpus"] == 1
+    # One job at a time, set in serve_app/app.py: a config that set it too could contradict it.
+    assert GENERATOR_MAX_ONGOING_REQUESTS == 1 and "max_ongoing_requests" not in generator
+    # Safe defaults: the guide's largest video, and a deadline on every generation.
+    assert args.max_video_pixels == 1280 * 704 * 121 and args.max_generation_s
+    # SQLite on one machine: one Jobs replica (PostgreSQL for more).
+    assert deployments(config)["Jobs"]["num_replicas"] == 1
+    scaling = AutoscalingConfig(**generator["autoscaling_config"])
+    assert scaling.target_ongoing_requests == 1
+    assert scaling.min_replicas <= scaling.initial_replicas <= scaling.max_replicas
+    assert scaling.upscale_delay_s <= 30
+    assert scaling.downscale_delay_s >= 600
+    assert generator["graceful_shutdown_timeout_s"] > 15 * 60
+
+
+def test_local_config_is_cpu_and_tiny():
+    config = load("serve_config.local.yaml")
+    args = AppArgs.model_validate(config["applications"][0]["args"])
+    assert (args.model, args.device) == ("tiny", "cpu")
+    assert deployments(config)["Generator"]["ray_actor_options"]["num_gpus"] == 0
+    assert config["http_options"]["host"] == "127.0.0.1"
+    assert config["http_options"]["port"] == 8000

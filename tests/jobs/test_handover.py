@@ -1,0 +1,189 @@
+"""Several Jobs replicas on one store, none special (`serve_app.jobs.handover`): a burst of jobs
+through two replicas, a cancel through the replica that does not run the job, a replica that dies
+mid-job, a rolling update, and a thousand idle watchers. On PostgreSQL (a throwaway server) and on
+SQLite (which a rolling update shares between two replicas). The generator is a fake (no GPU here)
+shared by the replicas, as the Generator deployment is: it counts what each job started."""
+
+import asyncio
+import time
+
+import pytest
+from support.fakes import FakeGenerator, start_jobs
+from support.postgres import fresh_database
+
+from serve_app.config import AppArgs
+from serve_app.jobs import handover
+from serve_app.messages import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, Job, Submission, VideoDetails
+
+OWNER = "key-a"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def args(request, tmp_path) -> AppArgs:
+    url = None
+    if request.param == "postgres":
+        url = fresh_database(request.getfixturevalue("postgres"), f"handover_{abs(hash(request.node.name))}")
+    return AppArgs(model="tiny", data_dir=tmp_path, database_url=url, max_queued_jobs=1000, max_jobs_per_key=1000)
+
+
+def submission(prompt: str, steps: int = 3) -> Submission:
+    request = GenerationRequest(
+        prompt=prompt, negative_prompt=DEFAULT_NEGATIVE_PROMPT, height=64, width=64, num_frames=25,
+        num_inference_steps=steps, guidance_scale=5.0, fps=24, seed=1,
+    )  # fmt: skip
+    details = VideoDetails(**request.model_dump(exclude={"image_png"}), mode="t2v")
+    return Submission(owner=OWNER, request=request, details=details)
+
+
+async def finished(jobs, job: Job) -> Job:
+    while not job.finished:
+        job = await jobs.watch(OWNER, job.id, job, timeout_s=30)
+    return job
+
+
+async def status_of(jobs, job: Job) -> str:
+    return (await jobs.get(OWNER, job.id)).status
+
+
+def crash(jobs) -> None:
+    """What a dead Jobs replica leaves: no heartbeat, no follower, its generator calls dropped."""
+    for task in jobs._tasks:
+        task.cancel()
+    for running in list(jobs._dispatcher.running.values()):
+        running.task.cancel()
+        running.stream.cancel()
+    jobs._dispatcher.running.clear()
+
+
+def test_two_replicas_run_a_burst_of_jobs_each_exactly_once(args):
+    async def scenario():
+        generator = FakeGenerator(replicas=2, step_s=0.01)
+        replicas = [await start_jobs(generator, args), await start_jobs(generator, args)]
+        submitted = await asyncio.gather(
+            *(replicas[i % 2].submit(submission(f"job {i}")) for i in range(40))
+        )  # fmt: skip
+        done = await asyncio.gather(*(finished(replicas[(i + 1) % 2], job) for i, job in enumerate(submitted)))
+        for jobs in replicas:
+            await jobs.__del__()
+        return generator, done
+
+    generator, done = asyncio.run(scenario())
+    assert [job.status for job in done] == ["completed"] * 40
+    assert generator.started == generator.completed == {f"job {i}": 1 for i in range(40)}
+
+
+def test_a_cancel_through_the_other_replica_stops_the_generation_within_a_step(args):
+    async def scenario():
+        generator = FakeGenerator(step_s=0.05)
+        runner, other = await start_jobs(generator, args), await start_jobs(generator, args)
+        job = await runner.submit(submission("long", steps=400))
+        while await status_of(other, job) != "in_progress":
+            await asyncio.sleep(0.01)
+        cancelled_at = time.monotonic()
+        cancelled = await other.cancel(OWNER, job.id)
+        while not generator.stopped:
+            await asyncio.sleep(0.01)
+        stopped_after = time.monotonic() - cancelled_at
+        for jobs in (runner, other):
+            await jobs.__del__()
+        return generator, cancelled, stopped_after
+
+    generator, cancelled, stopped_after = asyncio.run(scenario())
+    assert cancelled.status == "cancelled" and generator.stopped == {"long": 1} and not generator.completed
+    # PostgreSQL: at once (NOTIFY); SQLite: at the next step, or the next poll of its change table.
+    assert stopped_after < 1.0
+
+
+def test_a_dead_replicas_queued_jobs_are_adopted_and_its_running_job_fails_clearly(args, monkeypatch):
+    monkeypatch.setattr(handover, "SILENT_S", 0.5)
+    monkeypatch.setattr(handover, "HEARTBEAT_S", 0.1)
+
+    async def scenario():
+        generator = FakeGenerator(step_s=0.05)
+        dying = await start_jobs(generator, args)
+        running = await dying.submit(submission("running", steps=400))
+        queued = [await dying.submit(submission(f"queued {i}")) for i in range(2)]
+        while await status_of(dying, running) != "in_progress":
+            await asyncio.sleep(0.01)
+        crash(dying)
+        survivor = await start_jobs(generator, args)
+        done = [await finished(survivor, job) for job in (running, *queued)]
+        await survivor.__del__()
+        return generator, done
+
+    generator, (running, *queued) = asyncio.run(scenario())
+    assert running.status == "failed" and running.error.code == "interrupted"
+    assert [job.status for job in queued] == ["completed", "completed"]
+    assert generator.started == {"running": 1, "queued 0": 1, "queued 1": 1}
+
+
+def test_a_rolling_update_hands_over_queued_jobs_and_finishes_running_ones_each_once(args, monkeypatch):
+    # A running job that outlasts the silence after which a replica counts as dead: the stopping
+    # replica beats on while it follows it.
+    monkeypatch.setattr(handover, "SILENT_S", 0.5)
+    monkeypatch.setattr(handover, "HEARTBEAT_S", 0.1)
+
+    async def scenario():
+        generator = FakeGenerator(step_s=0.05)
+        old = await start_jobs(generator, args)
+        running = await old.submit(submission("running", steps=30))
+        queued = [await old.submit(submission(f"queued {i}")) for i in range(3)]
+        while await status_of(old, running) != "in_progress":
+            await asyncio.sleep(0.01)
+        new = await start_jobs(generator, args)
+        stopping = asyncio.create_task(old.__del__())  # Serve's graceful shutdown of the old replica
+        seen = set()
+        while not stopping.done() or any([await status_of(new, job) != "completed" for job in queued]):
+            # While it runs, the old replica's job says so, through either replica.
+            seen.add((await status_of(new, running), await status_of(new, queued[0])))
+            await asyncio.sleep(0.02)
+        done = [await finished(new, job) for job in (running, *queued)]
+        await new.__del__()
+        return generator, seen, done
+
+    generator, seen, done = asyncio.run(scenario())
+    assert [job.status for job in done] == ["completed"] * 4
+    assert generator.started == generator.completed == {"running": 1, "queued 0": 1, "queued 1": 1, "queued 2": 1}
+    assert ("in_progress", "queued") in seen and all(status != "failed" for pair in seen for status in pair)
+
+
+@pytest.mark.slow
+def test_a_thousand_watchers_cost_no_database_work_while_no_job_changes(args):
+    async def queries_in(jobs, seconds: float) -> int:
+        counted = [0]
+        store = jobs._store
+        transaction, read = store.transaction, store._read
+
+        def counting_transaction():
+            counted[0] += 1
+            return transaction()
+
+        async def counting_read(*arguments):
+            counted[0] += 1
+            return await read(*arguments)
+
+        store.transaction, store._read = counting_transaction, counting_read
+        await asyncio.sleep(seconds)
+        store.transaction, store._read = transaction, read
+        return counted[0]
+
+    async def scenario():
+        jobs = await start_jobs(FakeGenerator(replicas=0), args)  # no replica free: the job stays queued
+        job = await jobs.submit(submission("waits"))
+        idle = await queries_in(jobs, 1.0)
+        watchers = [asyncio.create_task(jobs.watch(OWNER, job.id, job, timeout_s=60)) for _ in range(1000)]
+        while await jobs.watchers() < 1000:
+            await asyncio.sleep(0.05)
+        while await queries_in(jobs, 1.0) > 20:  # each reads its job once when it begins
+            pass
+        watched = await queries_in(jobs, 1.0)
+        await jobs.cancel(OWNER, job.id)
+        woken = await asyncio.gather(*watchers)
+        await jobs.__del__()
+        return idle, watched, woken
+
+    idle, watched, woken = asyncio.run(scenario())
+    # The same periodic work (heartbeat, counts, the change feed), with or without them: a watcher
+    # that polled once a second would add 2,000 here.
+    assert watched <= idle + 10
+    assert {job.status for job in woken} == {"cancelled"}

@@ -1,0 +1,249 @@
+"""The Jobs deployment's logic without Ray: a real store (SQLite, and PostgreSQL on a throwaway
+server), real result storage, a fake generator handle (`support.fakes`: no GPU here). One replica
+here; several in `test_replicas.py`."""
+
+import asyncio
+import logging
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from threading import Thread
+
+import pytest
+from support.fakes import FakeGenerator, FakeStream, start_jobs
+from support.postgres import fresh_database
+
+from serve_app.capacity import Capacity, GiB, Plan, StageFit
+from serve_app.common.storage import REFERENCE, VIDEO, ResultStorage
+from serve_app.config import AppArgs
+from serve_app.jobs import outbox
+from serve_app.messages import (
+    DEFAULT_NEGATIVE_PROMPT,
+    GenerationFailure,
+    GenerationRequest,
+    Job,
+    Started,
+    Submission,
+    VideoDetails,
+)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def args(request, tmp_path) -> AppArgs:
+    url = None
+    if request.param == "postgres":
+        url = fresh_database(request.getfixturevalue("postgres"), f"jobs_{abs(hash(request.node.name))}")
+    return AppArgs(model="tiny", data_dir=tmp_path, database_url=url, webhook_retry_delays_s=[0.5, 0.5],
+                   url_allowlist=["127.0.0.1"], max_queued_jobs=4, max_jobs_per_key=3)  # fmt: skip
+
+
+def submission(prompt: str = "a lantern", steps: int = 3, owner: str = "key-a", **fields) -> Submission:
+    request = GenerationRequest(
+        prompt=prompt, negative_prompt=DEFAULT_NEGATIVE_PROMPT, height=64, width=64, num_frames=25,
+        num_inference_steps=steps, guidance_scale=5.0, fps=24, seed=1, image_png=fields.pop("image_png", None),
+    )  # fmt: skip
+    details = VideoDetails(**request.model_dump(exclude={"image_png"}), mode="t2v")
+    return Submission(owner=owner, request=request, details=details, **fields)
+
+
+async def until_finished(jobs, job: Job, owner: str = "key-a") -> Job:
+    while not job.finished:
+        job = await jobs.watch(owner, job.id, job, timeout_s=10)
+    return job
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_a_job_is_queued_runs_reports_its_steps_and_completes_with_its_files(args):
+    async def scenario():
+        generator = FakeGenerator(step_s=0.2)
+        jobs = await start_jobs(generator, args)
+        job = await jobs.submit(submission(steps=4))
+        assert job.status == "queued" and job.queue_position == 1
+        seen = [job]
+        while not seen[-1].finished:
+            seen.append(await jobs.watch("key-a", job.id, seen[-1], timeout_s=10))
+        await jobs.__del__()
+        return generator, seen
+
+    generator, seen = run(scenario())
+    done = seen[-1]
+    assert [job.status for job in seen][-1] == "completed" and done.progress == 100
+    assert {25, 50, 75} <= {job.progress for job in seen}  # woken at each step, no polling
+    assert done.worker == "fake-gpu" and done.details.timings.queued_s >= 0
+    assert generator.started["a lantern"] == generator.completed["a lantern"] == 1
+    assert ResultStorage(args.results_location).read(done.id, VIDEO).startswith(b"\x00\x00\x00\x18ftyp")
+
+
+def test_a_generation_that_raises_fails_its_job_without_leaking(args, caplog):
+    secret = "device-side assert at /opt/internal/kernels.cu:42"
+
+    class Raising(FakeStream):
+        async def generate(self):
+            yield Started(worker="fake-gpu", runtime={})
+            raise RuntimeError(f"CUDA error: {secret}")
+
+    async def scenario():
+        jobs = await start_jobs(FakeGenerator(stream=Raising), args)
+        job = await until_finished(jobs, await jobs.submit(submission()))
+        await jobs.__del__()
+        return job
+
+    with caplog.at_level(logging.ERROR):
+        job = run(scenario())
+    assert job.status == "failed" and job.error.code == "generation_failed"
+    assert secret not in job.error.message and job.id in job.error.message
+    assert secret in caplog.text
+
+
+def test_a_failure_the_replica_reports_becomes_the_jobs_error(args):
+    failure = GenerationFailure(code="gpu_out_of_memory", message="The GPU ran out of memory; try fewer frames.")
+
+    class OutOfMemory(FakeStream):
+        async def generate(self):
+            yield Started(worker="fake-gpu", runtime={})
+            yield failure
+
+    async def scenario():
+        jobs = await start_jobs(FakeGenerator(stream=OutOfMemory), args)
+        job = await until_finished(jobs, await jobs.submit(submission()))
+        await jobs.__del__()
+        return job
+
+    job = run(scenario())
+    assert job.status == "failed" and job.error.model_dump() == failure.model_dump()
+
+
+def test_a_cancelled_queued_job_never_runs_and_a_cancelled_running_one_stops(args):
+    async def scenario():
+        generator = FakeGenerator(step_s=0.05)
+        jobs = await start_jobs(generator, args)
+        running = await jobs.submit(submission("running", steps=200))
+        queued = await jobs.submit(submission("queued"))
+        while (await jobs.get("key-a", running.id)).status != "in_progress":
+            await asyncio.sleep(0.01)
+        await jobs.cancel("key-a", queued.id)
+        await jobs.cancel("key-a", running.id)
+        await asyncio.sleep(0.3)
+        states = [await jobs.get("key-a", job.id) for job in (running, queued)]
+        await jobs.__del__()
+        return generator, states
+
+    generator, (running, queued) = run(scenario())
+    assert running.status == queued.status == "cancelled"
+    assert generator.started == {"running": 1} and generator.stopped == {"running": 1}
+    assert running.progress < 50
+
+
+def test_admission_refuses_a_full_queue_a_busy_key_and_a_video_the_gpus_cannot_hold(args):
+    capacity = Capacity(
+        plan=Plan(memory_mode="full", vae_tiling=False, cfg_batch=True),
+        budget_bytes=25 * GiB,
+        stages={name: StageFit(fixed=20 * GiB, per_voxel=100.0) for name in (
+            "text_encoding", "image_encoding", "denoising_batch_1", "denoising_batch_2", "decoding")},
+    )  # fmt: skip
+
+    async def scenario():
+        generator = FakeGenerator(replicas=0)  # nothing starts: the queue fills
+        jobs = await start_jobs(generator, args)
+        outcomes = [await jobs.submit(submission(f"job {i}", owner="key-a")) for i in range(4)]
+        outcomes.append(await jobs.submit(submission("fills the queue", owner="key-b")))
+        outcomes.append(await jobs.submit(submission("one more", owner="key-c")))
+        # A generator that reports its memory: a video over it is refused before it is queued.
+        jobs._generator_started(Started(worker="gpu", runtime={}, capacity=capacity))
+        large = submission("large")
+        large = large.model_copy(update={"request": large.request.model_copy(update={"width": 2048, "height": 2048})})
+        outcomes.append(await jobs.admit("key-c", shape=large.request.shape))
+        for job in outcomes[:3]:
+            await jobs.cancel("key-a", job.id)
+        await jobs.cancel("key-b", outcomes[4].id)
+        await jobs.__del__()
+        return outcomes
+
+    *accepted, key_full, last_place, queue_full, too_large = run(scenario())
+    assert [job.status for job in (*accepted, last_place)] == ["queued"] * 4
+    assert (key_full.status, key_full.code) == (429, "too_many_jobs") and key_full.retry_after_s >= 1
+    assert (queue_full.status, queue_full.code) == (503, "queue_full")
+    assert (too_large.status, too_large.code) == (400, "video_too_large")
+    assert "2048x2048 with 25 frames needs about" in too_large.message
+
+
+def test_the_same_idempotency_key_gets_the_same_job_and_another_body_a_conflict(args):
+    async def scenario():
+        jobs = await start_jobs(FakeGenerator(), args)
+        first = await jobs.submit(submission(idempotency_key="k1", request_hash="h1"))
+        again = await jobs.submit(submission(idempotency_key="k1", request_hash="h1"))
+        other = await jobs.submit(submission(idempotency_key="k1", request_hash="h2"))
+        await until_finished(jobs, first)
+        await jobs.__del__()
+        return first, again, other
+
+    first, again, other = run(scenario())
+    assert again.id == first.id and (other.status, other.code) == (409, "idempotency_conflict")
+
+
+def test_a_reference_image_waits_in_storage_not_the_database_and_goes_once_the_job_starts(args):
+    async def scenario():
+        generator = FakeGenerator(replicas=0)
+        jobs = await start_jobs(generator, args)
+        job = await jobs.submit(submission(image_png=b"\x89PNG fake reference"))
+        storage = ResultStorage(args.results_location)
+        waiting = storage.exists(job.id, REFERENCE)
+        stored = await jobs._store.request(job.id)
+        generator.replicas.release()  # a replica frees up
+        done = await until_finished(jobs, job)
+        await jobs.__del__()
+        return generator, waiting, stored, storage.exists(done.id, REFERENCE), done
+
+    generator, waiting, stored, kept, done = run(scenario())
+    assert waiting and stored.image_png is None and not kept and done.status == "completed"
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    answers: list[int] = []
+    received: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append({"id": self.headers["webhook-id"], "body": body})
+        self.send_response(self.answers.pop(0) if self.answers else 200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    _Receiver.answers, _Receiver.received = [], []
+    Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", _Receiver
+    server.shutdown()
+
+
+def test_a_webhook_waits_in_the_outbox_across_a_restart_and_is_retried_with_the_same_id(args, receiver, monkeypatch):
+    url, handler = receiver
+    monkeypatch.setenv("WAN_WEBHOOK_SECRET", "a signing secret")
+    monkeypatch.setattr(outbox, "POLL_S", 0.1)
+    handler.answers = [500]  # the first attempt fails
+
+    async def scenario():
+        jobs = await start_jobs(FakeGenerator(), args)
+        job = await until_finished(jobs, await jobs.submit(submission(webhook_url=url)))
+        while not handler.received:
+            await asyncio.sleep(0.05)
+        await jobs.__del__()  # stopped before the retry, due 0.2 s after the failure
+        handler.answers = [200]
+        restarted = await start_jobs(FakeGenerator(), args)
+        while len(handler.received) < 2:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # and never again once delivered
+        await restarted.__del__()
+        return job
+
+    job = run(scenario())
+    first, second, *more = handler.received
+    assert not more and first["id"] == second["id"] and first["body"] == second["body"]
+    assert f'"id": "{job.id}"'.encode() in first["body"] and b'"type": "video.completed"' in first["body"]

@@ -1,0 +1,75 @@
+"""Webhooks: a signed POST reaches a local receiver (retried after a failure), and a webhook
+address the service must not reach is refused at submission."""
+
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+from support.service import SMALL, WEBHOOK_SECRET, submit, wait_for
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: queue.Queue
+    failures_left = 0
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.put((dict(self.headers.items()), body))
+        failing = _Receiver.failures_left > 0
+        _Receiver.failures_left -= failing
+        self.send_response(500 if failing else 204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, queue.Queue]]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    _Receiver.received = queue.Queue()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/video", _Receiver.received
+    server.shutdown()
+
+
+def test_a_signed_webhook_is_delivered_and_retried(client, receiver):
+    url, received = receiver
+    _Receiver.failures_left = 1
+    job = submit(client, webhook_url=url, **SMALL)
+    assert wait_for(client, job["id"])["status"] == "completed"
+
+    first_headers, first_body = received.get(timeout=10)
+    headers, body = received.get(timeout=10)  # the retry after the 500
+    assert headers["webhook-id"] == first_headers["webhook-id"] and body == first_body
+    # The Standard Webhooks reference library accepts the signature...
+    event = Webhook(WEBHOOK_SECRET).verify(body, {k.lower(): v for k, v in headers.items()})
+    assert event["type"] == "video.completed"
+    assert event["data"]["id"] == job["id"] and event["data"]["status"] == "completed"
+    # ...and refuses it for a body that was changed on the way.
+    tampered = json.dumps({**event, "type": "video.failed"}).encode()
+    with pytest.raises(Exception, match="signature"):
+        Webhook(WEBHOOK_SECRET).verify(tampered, {k.lower(): v for k, v in headers.items()})
+    assert "webhook_url" not in job["details"]
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://127.0.0.2:9/hook", "points to an address that is not allowed"),
+        ("http://169.254.169.254/latest/meta-data", "points to an address that is not allowed"),
+        ("http://10.1.2.3/hook", "points to an address that is not allowed"),
+        ("ftp://example.com/hook", "must be an http or https URL"),
+    ],
+)
+def test_a_webhook_address_that_is_not_public_is_refused(client, url, message):
+    before = client.get("/v1/videos", params={"limit": 1}).json()["data"]
+    response = client.post("/v1/videos", json={"prompt": "x", "webhook_url": url, **SMALL})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "webhook_url" and message in error["message"]
+    assert client.get("/v1/videos", params={"limit": 1}).json()["data"] == before

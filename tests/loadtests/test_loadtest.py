@@ -1,0 +1,124 @@
+"""The Locust load test, run for real: a bounded smoke run against the tiny service (CI fails on
+any unexpected error), rejections counted as rejections, and the report it writes."""
+
+import csv
+import json
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from support.service import API_KEYS, NO_LOAD_TEST_FAILURES, ROOT
+
+pytestmark = pytest.mark.e2e
+
+LOAD_KEY = API_KEYS[1]
+
+
+def load_test(service: str, out, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "loadtests", "--host", service, "--api-key", LOAD_KEY, "--size", "64x64",
+         "--frames", "25", "--steps-mix", "2:3,4:1", "--out", str(out), *args],
+        capture_output=True, text=True, timeout=180, cwd=ROOT,
+    )  # fmt: skip
+
+
+def active_jobs(service: str) -> list[str]:
+    headers = {"Authorization": f"Bearer {LOAD_KEY}"}
+    jobs = httpx.get(f"{service}/v1/videos", params={"limit": 100}, headers=headers).json()["data"]
+    return [job["id"] for job in jobs if job["status"] in ("queued", "in_progress")]
+
+
+def wait_until_idle(service: str) -> None:
+    deadline = time.monotonic() + 30
+    while active_jobs(service):
+        assert time.monotonic() < deadline, "the load test left jobs running"
+        time.sleep(0.5)
+
+
+def test_smoke_load_test_passes_and_writes_the_report(service, tmp_path):
+    run = load_test(service, tmp_path, "--users", "2", "--run-time", "20s", "--think-time", "0.2")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    samples = [json.loads(line) for line in (tmp_path / "jobs.jsonl").read_text().splitlines()]
+    completed = [sample for sample in samples if sample["outcome"] == "completed"]
+    assert {sample["user"] for sample in completed} == {"JobsUser", "PredictUser"}
+    assert all(sample["generation_s"] > 0 and sample["end_to_end_s"] >= sample["generation_s"] for sample in completed)
+    assert not [sample for sample in samples if sample["outcome"] == "failed"]
+    assert not (tmp_path / "locust_exceptions.csv").read_text().strip().splitlines()[1:]
+
+    # Locust's own statistics carry the custom per-step-count entries.
+    with (tmp_path / "locust_stats.csv").open() as rows:
+        names = {(row["Type"], row["Name"]) for row in csv.DictReader(rows)}
+    assert {("JOB", "end-to-end [2 steps]"), ("JOB", "queue wait [2 steps]"), ("JOB", "generation [2 steps]")} <= names
+    assert ("POST", "/predict") in names and ("GET", "/v1/videos/{id}/events") in names
+
+    report = (tmp_path / "report.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| 2 |"))
+    assert int(row.split("|")[2]) == sum(1 for sample in completed if sample["steps"] == 2)
+    assert "- completed: " in report and NO_LOAD_TEST_FAILURES in report
+    assert LOAD_KEY not in report and "--api-key REDACTED" in report
+    for plot in ("latency.png", "queue_wait.png"):
+        assert (tmp_path / plot).read_bytes().startswith(b"\x89PNG")
+    with (tmp_path / "replicas.csv").open() as rows:
+        assert {row["generator_replicas"] for row in csv.DictReader(rows)} == {"1"}
+    # Jobs still running when the time was up were cancelled, not left to the GPUs.
+    wait_until_idle(service)
+
+
+def test_429_and_503_are_counted_as_rejections_not_failures(service, tmp_path):
+    # Open loop at 15 jobs/s: far past the per-key limit of the test service (5).
+    run = load_test(service, tmp_path, "--user-classes", "JobsUser", "--users", "2", "--run-time", "6s",
+                    "--arrival-rate", "15")  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    samples = [json.loads(line) for line in (tmp_path / "jobs.jsonl").read_text().splitlines()]
+    rejected = [sample for sample in samples if sample["outcome"] == "rejected"]
+    assert len(rejected) > 10 and {(sample["status"], sample["code"]) for sample in rejected} <= {
+        (429, "too_many_jobs"),
+        (503, "queue_full"),
+    }
+    report = (tmp_path / "report.md").read_text()
+    assert f"- rejected (429 too_many_jobs): {sum(s['status'] == 429 for s in rejected)}" in report
+    assert NO_LOAD_TEST_FAILURES in report
+    wait_until_idle(service)
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    # Users over a 9 s run of 4 users at most: rising from 1, or 1 with all 4 for the middle third.
+    [("ramp", lambda counts: counts == sorted(counts) and counts[0] <= 2 and counts[-1] == 4),
+     ("burst", lambda counts: counts[0] == 1 and 4 in counts and counts[-1] == 1)],
+)  # fmt: skip
+def test_load_shapes_set_the_user_count_over_the_run(service, tmp_path, shape, expected):
+    run = load_test(service, tmp_path, "--load-shape", shape, "--users", "4", "--run-time", "9s",
+                    "--user-classes", "JobsUser")  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    with (tmp_path / "locust_stats_history.csv").open() as rows:
+        counts = [int(row["User Count"]) for row in csv.DictReader(rows) if row["Name"] == "Aggregated"]
+    counts = [count for count in counts if count]  # before the first user and after the last
+    assert expected(counts), counts
+    wait_until_idle(service)
+
+
+def test_an_unreachable_service_is_a_clear_error(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "loadtests", "--host", "http://127.0.0.1:9", "--run-time", "5s", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "http://127.0.0.1:9/readyz does not answer 'ready'" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("--run-time", "5x", "'5x' is not a duration like 90s, 5m or 1h30m"),
+     ("--size", "1280", "'1280' is not a size like 1280x704"),
+     ("--steps-mix", "20;2", "'20;2' is not a mix like 20:2,30:4 (steps:weight, ...)")],
+)  # fmt: skip
+def test_bad_options_are_refused_before_any_load(tmp_path, option, value, message):
+    run = subprocess.run(
+        [sys.executable, "-m", "loadtests", "--host", "http://127.0.0.1:9", option, value, "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert run.returncode == 2 and message in run.stderr

@@ -1,0 +1,51 @@
+"""A throwaway PostgreSQL server for the tests, from Debian's `postgresql` package (the Makefile
+installs it where it is missing): its own data folder, a free port on 127.0.0.1, no password,
+fsync off; stopped and removed afterwards. PostgreSQL refuses to run as root: as root, it runs as
+the package's `postgres` user."""
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from serve_app.benchmark.local_cluster import free_port
+
+# The newest server Debian installed (the Makefile installs `postgresql` where none is).
+BIN = Path(os.environ.get("PG_BIN") or max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name)))
+
+
+def _as_server_user(command: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """A running server; yields the URL of an empty database `wan` on it."""
+    folder = Path(tempfile.mkdtemp(prefix="wan-postgres-", dir="/tmp"))
+    data = folder / "data"
+    port = free_port()
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+    run = lambda *command: subprocess.run(_as_server_user(list(command)), check=True, capture_output=True)  # noqa: E731
+    run(str(BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync")
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    run(str(BIN / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start")
+    try:
+        run(str(BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "wan")
+        yield f"postgresql://postgres@127.0.0.1:{port}/wan"
+    finally:
+        run(str(BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def fresh_database(url: str, name: str) -> str:
+    """A new empty database on the server of `url`; its URL."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return url.rsplit("/", 1)[0] + f"/{name}"
