@@ -119,6 +119,29 @@ class AppArgs(BaseModel):
         description="A generation running longer than this fails as `timeout`, and its GPU takes the next job "
         "(checked at every denoising step). None: no limit.",
     )
+    max_streams_per_key: int = Field(
+        16,
+        ge=1,
+        description="Event streams and long polls (a waiting `/predict`) one API key holds at once on an "
+        "Ingress replica; past it, 429 with Retry-After.",
+    )
+    max_streams: int = Field(
+        2000,
+        ge=1,
+        description="Event streams and long polls that an Ingress replica holds at once, all keys "
+        "together; past it, 429 with Retry-After.",
+    )
+    max_submissions_per_key: int = Field(
+        4,
+        ge=1,
+        description="Submissions of one API key in flight on an Ingress replica (each may fetch and decode "
+        "an image) before the next is refused with 429.",
+    )
+    max_submissions: int = Field(
+        64,
+        ge=1,
+        description="Submissions in flight on an Ingress replica, all keys together; past it, 429.",
+    )
     max_queued_jobs: int = Field(
         100,
         ge=1,

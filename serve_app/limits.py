@@ -6,3 +6,8 @@ MIN_SIDE, MAX_SIDE = 32, 2048
 MIN_FRAMES, MAX_FRAMES = 25, 121
 MAX_STEPS = 100
 MAX_SEED = 2**63 - 1
+MAX_TEXT_CHARS = 10_000  # a prompt, a negative prompt
+MAX_URL_CHARS = 4096
+# What a caller names that the service stores or echoes (a form field's name, an upload's file
+# name, a model name): at most this long.
+MAX_NAME_CHARS = 64

@@ -10,6 +10,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.api.auth import require_api_key
 from serve_app.api.images import ImageLoader
+from serve_app.api.slots import Slots
 from serve_app.common.outbound import OutboundPolicy
 from serve_app.common.storage import ResultStorage
 from serve_app.config import AppArgs
@@ -25,6 +26,8 @@ class IngressState:
     outbound: OutboundPolicy
     storage: ResultStorage
     running_generators: Callable[[], Awaitable[int]]
+    streams: Slots  # event streams and long polls (a waiting /predict)
+    submissions: Slots  # submissions in flight
 
 
 def ingress_state(request: Request) -> IngressState:

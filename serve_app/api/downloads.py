@@ -10,17 +10,18 @@ from fastapi.responses import StreamingResponse
 from serve_app.api.errors import NotFound, RangeNotSatisfiable
 from serve_app.common.storage import ResultStorage
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# Up to 19 digits: more than any file has bytes (and than int() is asked to read).
+_RANGE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})")
 _CHUNK = 1 << 20
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The inclusive byte range a `Range` header asks for; None for the whole file."""
-    match = _RANGE.match(header.strip()) if header else None
+    match = _RANGE.fullmatch(header.strip()) if header else None
     if match is None:  # absent, several ranges or another unit: the whole file is a valid answer
         return None
     first, last = match.groups()
-    if not first and not last:
+    if (not first and not last) or size == 0:
         return None
     if not first:  # the last N bytes
         if int(last) == 0:

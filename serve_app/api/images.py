@@ -13,6 +13,7 @@ import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from serve_app.api.errors import InvalidRequest, PayloadTooLarge
+from serve_app.api.parsing import content_length
 from serve_app.api.protocol import VideoRequest
 from serve_app.common.outbound import OutboundPolicy, pinned_request
 
@@ -120,8 +121,8 @@ class ImageLoader:
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
         limit = self._policy.max_bytes
-        declared = response.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
+        declared = content_length(response.headers.get("content-length"))
+        if declared is not None and declared > limit:
             raise PayloadTooLarge(f"The image at image_url is over the {limit} byte limit.", param="image_url")
         body = bytearray()
         async for chunk in response.aiter_bytes():

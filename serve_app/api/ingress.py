@@ -18,6 +18,7 @@ from serve_app.api.health import health_router, status_router
 from serve_app.api.images import ImageLoader, ImagePolicy
 from serve_app.api.page import page_router
 from serve_app.api.predict import predict_router
+from serve_app.api.slots import stream_slots, submission_slots
 from serve_app.api.videos import videos_router
 from serve_app.common.logs import use_serve_log_handlers
 from serve_app.common.metrics import RequestMetrics
@@ -53,6 +54,8 @@ class Ingress:
             outbound=outbound,
             storage=ResultStorage(self._args.results_location),
             running_generators=self.running_generators,
+            streams=stream_slots(self._args),
+            submissions=submission_slots(self._args),
         )
         return create_api(state, self._api_keys)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from serve_app.api.errors import InvalidRequest
 from serve_app.api.protocol import VideoRequest
-from serve_app.limits import MAX_FRAMES, MIN_FRAMES, SIZE_MULTIPLE
+from serve_app.limits import MAX_FRAMES, MAX_NAME_CHARS, MIN_FRAMES, SIZE_MULTIPLE
 
 
 @dataclass(frozen=True)
@@ -18,35 +18,49 @@ class UploadedImage:
     data: bytes
 
 
-_SIZE = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
+_SIZE = re.compile(r"(\d{1,5})[xX](\d{1,5})")
+_MODEL = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:/-]{{0,{MAX_NAME_CHARS - 1}}}")
+_SECONDS = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
 
 
 def map_form(fields: dict[str, str], upload: UploadedImage | None) -> tuple[dict[str, Any], dict[str, str]]:
-    """The VideoRequest fields of a form, and what its OpenAI-style fields asked for (an uploaded
-    `input_reference` by its file name)."""
+    """The VideoRequest fields of a form, and what its OpenAI-style fields asked for, parsed and
+    normalised (an uploaded `input_reference` by a safe form of its file name): only those are
+    kept, in the job's `details.requested`."""
     data: dict[str, Any] = dict(fields)
     requested: dict[str, str] = {}
     if (model := data.pop("model", None)) is not None:
+        if not _MODEL.fullmatch(model):
+            raise InvalidRequest(
+                f"model must be a model name: letters, digits and . _ : / -, {MAX_NAME_CHARS} at most.", param="model"
+            )
         requested["model"] = model  # accepted; the job reports the model actually served
     if (size := data.pop("size", None)) is not None:
         _not_both("size", data, "width", "height")
-        requested["size"] = size
         data["width"], data["height"] = nearest_size(size)
+        requested["size"] = "x".join(_SIZE.fullmatch(size.strip()).groups())
     if (seconds := data.pop("seconds", None)) is not None:
         _not_both("seconds", data, "num_frames")
-        requested["seconds"] = seconds
         data["num_frames"] = frames_for(seconds, _fps_of(data))
+        requested["seconds"] = f"{float(seconds):g}"
     if (reference := data.pop("input_reference[image_url]", None)) is not None:
         data["image_base64" if reference.startswith("data:") else "image_url"] = reference
     if upload is not None:
-        requested["input_reference"] = upload.filename
+        requested["input_reference"] = safe_filename(upload.filename)
         data["image_base64"] = base64.b64encode(upload.data).decode("ascii")
     return data, requested
 
 
+def safe_filename(filename: str) -> str:
+    """An upload's file name as it may be stored and shown: its last part, printable, 64 characters
+    at most; `upload` when nothing is left."""
+    name = "".join(c for c in filename.replace("\\", "/").rsplit("/", 1)[-1] if c.isprintable())
+    return name[:MAX_NAME_CHARS] or "upload"
+
+
 def nearest_size(size: str) -> tuple[int, int]:
     """`WIDTHxHEIGHT` to the nearest multiples of 32 (ties go down: 1280x720 is 1280x704)."""
-    match = _SIZE.match(size)
+    match = _SIZE.fullmatch(size.strip()) if len(size) <= 16 else None
     if match is None:
         raise InvalidRequest("size must look like WIDTHxHEIGHT, for example 1280x704.", param="size")
     width, height = (_nearest_multiple(int(v)) for v in match.groups())
@@ -57,10 +71,10 @@ def nearest_size(size: str) -> tuple[int, int]:
 
 def frames_for(seconds: str, fps: int) -> int:
     """The 4n+1 frame count nearest to `seconds` at `fps` (4 s at 24 fps is 97 frames)."""
-    try:
-        duration = float(seconds)
-    except ValueError:
-        raise InvalidRequest("seconds must be a number.", param="seconds") from None
+    text = seconds.strip()
+    if len(seconds) > 16 or not _SECONDS.fullmatch(text):
+        raise InvalidRequest("seconds must be a number of seconds, such as 4 or 4.5.", param="seconds")
+    duration = float(text)
     if not duration > 0:
         raise InvalidRequest("seconds must be positive.", param="seconds")
     frames = round((duration * fps - 1) / 4) * 4 + 1
@@ -81,11 +95,9 @@ def _nearest_multiple(value: int) -> int:
 def _fps_of(data: dict[str, Any]) -> int:
     fps = data.get("fps")
     # An invalid fps is reported by VideoRequest's own validation; the default serves meanwhile.
-    return (
-        int(fps)
-        if isinstance(fps, str) and fps.isdigit() and int(fps) > 0
-        else VideoRequest.model_fields["fps"].default
-    )
+    if isinstance(fps, str) and fps.isascii() and fps.isdecimal() and 0 < int(fps) <= 60:
+        return int(fps)
+    return VideoRequest.model_fields["fps"].default
 
 
 def _not_both(field: str, data: dict[str, Any], *ours: str) -> None:

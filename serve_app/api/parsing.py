@@ -2,6 +2,7 @@
 OpenAI SDK sends), then the pydantic model. Every failure becomes a 400 (or 413) naming the
 offending field."""
 
+import re
 from collections.abc import AsyncIterator
 
 from fastapi import Request
@@ -12,12 +13,13 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from serve_app.api.errors import InvalidRequest, PayloadTooLarge
 from serve_app.api.openai_form import UploadedImage, map_form
 from serve_app.api.protocol import VideoRequest
+from serve_app.limits import MAX_NAME_CHARS
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed `max_bytes`."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
+    declared = content_length(request.headers.get("content-length"))
+    if declared is not None and declared > max_bytes:
         raise PayloadTooLarge(f"The request body is over the {max_bytes} byte limit.")
     body = bytearray()
     async for chunk in request.stream():
@@ -25,6 +27,14 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
         if len(body) > max_bytes:
             raise PayloadTooLarge(f"The request body is over the {max_bytes} byte limit.")
     return bytes(body)
+
+
+def content_length(header: str | None) -> int | None:
+    """A Content-Length header's value; None when absent or not a plain number (then the bytes
+    themselves are counted)."""
+    if header and header.isascii() and header.isdecimal() and len(header) <= 19:
+        return int(header)
+    return None
 
 
 def parse_video_request(body: bytes) -> VideoRequest:
@@ -46,6 +56,8 @@ async def parse_form_video_request(headers: Headers, body: bytes) -> tuple[Video
     fields: dict[str, str] = {}
     upload = None
     for name, value in form.multi_items():
+        if not _FIELD_NAME.fullmatch(name):
+            raise InvalidRequest(f"Form field names are letters, digits, _ and [ ], {MAX_NAME_CHARS} at most.")
         if name in fields or (upload is not None and name == "input_reference"):
             raise InvalidRequest(f"{name}: given more than once", param=name)
         if isinstance(value, UploadFile):
@@ -62,6 +74,9 @@ async def parse_form_video_request(headers: Headers, body: bytes) -> tuple[Video
         raise _as_invalid_request(exc) from None
 
 
+_FIELD_NAME = re.compile(rf"[A-Za-z0-9_\[\]]{{1,{MAX_NAME_CHARS}}}")
+
+
 async def _once(body: bytes) -> AsyncIterator[bytes]:
     yield body
 
@@ -72,7 +87,8 @@ def _as_invalid_request(exc: ValidationError) -> InvalidRequest:
     if first["type"] == "json_invalid":
         return InvalidRequest(f"Malformed JSON: {first['ctx']['error']}.", code="invalid_json")
     loc = [str(part) for part in first["loc"]]
-    param = loc[0] if loc else None
+    # An unknown field's name is the caller's: echoed no longer than a name may be.
+    param = loc[0][:MAX_NAME_CHARS] if loc else None
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = "unknown field"

@@ -40,8 +40,9 @@ async def predict(request: Request, state: State, owner: Owner) -> PredictRespon
     any other (listed in `/v1/videos`); a client that disconnects cancels it."""
     job = await submit_job(request, state, owner)
     try:
-        async for update in follow_job(state.jobs, owner, job, idle_s=60):
-            job = update or job
+        with state.streams.holding(owner):  # a long poll until the video is made
+            async for update in follow_job(state.jobs, owner, job, idle_s=60):
+                job = update or job
     except (asyncio.CancelledError, RequestCancelledError):
         # The client went away: free the GPU rather than make a video nobody will receive.
         logger.info("request %s: client disconnected, cancelling job %s", request_id_of(request), job.id)

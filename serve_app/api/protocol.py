@@ -1,31 +1,48 @@
 """The HTTP API's own wire models: the body of `POST /predict` and `POST /v1/videos`, its answer,
 and the error shape. The job object the API returns is `messages.Job`."""
 
+import unicodedata
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from serve_app.limits import MAX_FRAMES, MAX_SEED, MIN_FRAMES, SIZE_MULTIPLE
+from serve_app.limits import MAX_FRAMES, MAX_SEED, MAX_TEXT_CHARS, MAX_URL_CHARS, MIN_FRAMES, SIZE_MULTIPLE
 from serve_app.messages import SpeedMode, VideoDetails, VideoShape
+
+# Unicode categories of control characters and lone surrogates.
+_CONTROL = frozenset({"Cc", "Cs"})
 
 
 class VideoRequest(BaseModel):
     """The body of `POST /predict` (and of a job): the hosted API's fields, defaults and ranges."""
 
     # Strict: "704" is not 704. Unknown fields are refused so a typo never silently becomes a default.
-    model_config = ConfigDict(strict=True, extra="forbid")
+    # The schema says what it can of the rules below, for clients (and Schemathesis) to read.
+    model_config = ConfigDict(
+        strict=True, extra="forbid", json_schema_extra={"not": {"required": ["image_url", "image_base64"]}}
+    )
 
-    prompt: str = Field(min_length=1, max_length=10_000, description="Text describing the video.")
+    prompt: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="Text describing the video.")
     negative_prompt: str | None = Field(
         None,
-        max_length=10_000,
+        max_length=MAX_TEXT_CHARS,
         description="What the video should not contain. Omitted or null: the Wan2.2 authors' "
         "default negative prompt; an explicit empty string: none.",
     )
-    height: int = Field(704, ge=32, le=2048, description="Video height, a multiple of 32.")
-    width: int = Field(1280, ge=32, le=2048, description="Video width, a multiple of 32.")
-    num_frames: int = Field(MAX_FRAMES, ge=MIN_FRAMES, le=MAX_FRAMES, description="Frame count, of the form 4n+1.")
+    height: int = Field(
+        704, ge=32, le=2048, description="Video height, a multiple of 32.", json_schema_extra={"multipleOf": 32}
+    )
+    width: int = Field(
+        1280, ge=32, le=2048, description="Video width, a multiple of 32.", json_schema_extra={"multipleOf": 32}
+    )
+    num_frames: int = Field(
+        MAX_FRAMES,
+        ge=MIN_FRAMES,
+        le=MAX_FRAMES,
+        description="Frame count, of the form 4n+1.",
+        json_schema_extra={"enum": list(range(MIN_FRAMES, MAX_FRAMES + 1, 4))},
+    )
     num_inference_steps: int = Field(50, ge=1, le=100, description="Denoising steps.")
     guidance_scale: float = Field(5.0, ge=1.0, le=20.0, description="Classifier-free guidance strength.")
     fps: int = Field(24, ge=1, le=60, description="Frame rate of the output video.")
@@ -33,7 +50,10 @@ class VideoRequest(BaseModel):
         None, ge=0, le=MAX_SEED, description="Random seed; omitted: drawn and reported in details.seed."
     )
     image_url: str | None = Field(
-        None, min_length=1, max_length=4096, description="http(s) URL of the first frame (text+image to video)."
+        None,
+        min_length=1,
+        max_length=MAX_URL_CHARS,
+        description="http(s) URL of the first frame (text+image to video).",
     )
     image_base64: str | None = Field(
         None, min_length=1, description="The first frame as base64 or a data:image/...;base64, URL."
@@ -41,7 +61,7 @@ class VideoRequest(BaseModel):
     webhook_url: str | None = Field(
         None,
         min_length=1,
-        max_length=4096,
+        max_length=MAX_URL_CHARS,
         description="http(s) URL that receives a signed POST (Standard Webhooks) when the job completes or fails.",
     )
     speed_mode: SpeedMode = Field(
@@ -56,6 +76,21 @@ class VideoRequest(BaseModel):
         if not prompt.strip():
             raise PydanticCustomError("blank_prompt", "prompt must contain text")
         return prompt
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _plain_text(cls, text: str | None) -> str | None:
+        # Text as people write it: no control characters but tabs and line breaks, no lone surrogates.
+        if text is not None and any(unicodedata.category(c) in _CONTROL and c not in "\t\n\r" for c in text):
+            raise PydanticCustomError("control_characters", "must not contain control characters")
+        return text
+
+    @field_validator("image_url", "webhook_url")
+    @classmethod
+    def _url_text(cls, url: str | None) -> str | None:
+        if url is not None and any(c.isspace() or unicodedata.category(c) in _CONTROL for c in url):
+            raise PydanticCustomError("url_characters", "must not contain spaces or control characters")
+        return url
 
     @field_validator("height", "width")
     @classmethod

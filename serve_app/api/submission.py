@@ -20,7 +20,13 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 async def submit_job(request: Request, state: IngressState, owner: str) -> Job:
-    """Read and validate the body, prepare the image, queue the job (honouring Idempotency-Key)."""
+    """Read and validate the body, prepare the image, queue the job (honouring Idempotency-Key):
+    one of the key's submissions in flight on this replica, refused past its cap before any work."""
+    with state.submissions.holding(owner):
+        return await _submit(request, state, owner)
+
+
+async def _submit(request: Request, state: IngressState, owner: str) -> Job:
     # The body is read here, after the auth dependency: an unauthenticated caller gets 401
     # whatever it sent, and nothing is read, parsed or fetched for it.
     body = await read_body(request, int(state.args.max_body_mb * 2**20))

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from serve_app.api.auth import require_api_key
 from serve_app.api.dependencies import Owner, State
@@ -105,16 +106,24 @@ async def get_video_content(
 @videos_router.get("/{video_id}/events", response_class=StreamingResponse)
 async def get_video_events(video_id: str, state: State, owner: Owner) -> StreamingResponse:
     """Server-Sent Events: the job object at every change, until it has finished; keep-alive
-    comments in between."""
+    comments in between. One of the key's streams on this replica while it lasts (429 past its cap)."""
     job = await _job(state, owner, video_id)
+    give_back = state.streams.take(owner)
 
     async def events() -> AsyncIterator[str]:
-        yield _event(job)
-        async for update in follow_job(state.jobs, owner, job, state.args.sse_keepalive_s):
-            yield ": keep-alive\n\n" if update is None else _event(update)
+        try:
+            yield _event(job)
+            async for update in follow_job(state.jobs, owner, job, state.args.sse_keepalive_s):
+                yield ": keep-alive\n\n" if update is None else _event(update)
+        finally:
+            give_back()
 
+    # Given back by the stream's end, or after the response if the stream never started.
     return StreamingResponse(
-        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        background=BackgroundTask(give_back),
     )
 
 

@@ -44,9 +44,9 @@ def cluster_config(port: int, args: dict, autoscaling: dict) -> dict:
     }
 
 
-def deploy_config(config: dict, ready_within_s: float = 120) -> str:
+def deploy_config(config: dict, ready_within_s: float | None = 120) -> str:
     """Deploy a Serve config on the connected Ray cluster the way `serve run CONFIG` does, and
-    return its URL once `/readyz` says ready."""
+    return its URL once `/readyz` says ready (None: at once, for generators that scale from zero)."""
     import httpx
     from ray.serve._private import api as serve_private_api
     from ray.serve.schema import ServeDeploySchema
@@ -56,6 +56,8 @@ def deploy_config(config: dict, ready_within_s: float = 120) -> str:
     client = serve_private_api.serve_start(http_options=schema.http_options.model_dump())
     client.deploy_apps(schema, _blocking=True)
     url = f"http://127.0.0.1:{schema.http_options.port}"
+    if ready_within_s is None:
+        return url
     deadline = time.monotonic() + ready_within_s
     while httpx.get(f"{url}/readyz").status_code != 200:
         if time.monotonic() > deadline:
@@ -77,7 +79,7 @@ def serve_on_gpu_cluster(gpu_nodes: int, config: dict, api_key: str) -> Iterator
         cluster.add_node(num_cpus=2, num_gpus=1)
     ray.init(address=cluster.address, log_to_driver=False)
     try:
-        yield deploy_config(config)
+        yield deploy_config(config, ready_within_s=None)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -147,7 +147,7 @@ class WanClient:
 def _retry_delay(response: httpx.Response, attempt: int) -> float:
     """The server's Retry-After (in seconds) if it sent one, else exponential backoff."""
     retry_after = response.headers.get("retry-after", "")
-    if retry_after.isdigit():
+    if retry_after.isascii() and retry_after.isdecimal() and len(retry_after) <= 6:
         return min(float(retry_after), 300.0)
     return min(0.5 * 2**attempt, 30.0)
 

@@ -85,11 +85,13 @@ def test_the_chosen_plan_fits_the_card_at_1280x704x121(tracer, free_gib, expecte
     assert all(not tracer.capacity(plan, capacity.budget_bytes).fits(*SIZE, True, True) for plan in faster)
 
 
+@pytest.mark.slow  # traces every plan (or the tiled decoder): seconds
 def test_a_card_no_plan_fits_stops_the_replica_with_what_it_can_make(tracer):
     with pytest.raises(ModelLoadError, match=r"No allowed memory plan fits warmup_size 1280x704x121.*Set warmup_size"):
         plan_memory(tracer, 4 * GiB, OPTIONS)
 
 
+@pytest.mark.slow  # traces three more sizes: seconds
 def test_the_fits_match_a_direct_trace_at_other_sizes(tracer):
     # The fits come from 9- and 13-frame traces at 1280x704 and 640x352: check them at sizes
     # they were not fitted on, against a trace of the whole video.
@@ -118,6 +120,7 @@ def test_batched_guidance_doubles_the_denoising_activations(tracer):
     assert 5 * GiB < one < 5.5 * GiB and two == pytest.approx(2 * one, rel=0.02)
 
 
+@pytest.mark.slow  # traces every plan (or the tiled decoder): seconds
 def test_tiling_decodes_in_a_fraction_of_the_memory(tracer):
     untiled, tiled = (tracer.decoding(tiled).bytes(*SIZE) for tiled in (False, True))
     assert untiled > 18 * GiB and tiled < untiled / 2

@@ -66,8 +66,9 @@ def test_predict_runs_as_a_listed_job(client):
 
 
 def test_events_report_every_step_then_end_with_the_final_status(client):
-    # 192x192x121 decodes for seconds after the last step: the stream must keep itself alive.
-    job = submit(client, height=192, width=192, num_frames=121, num_inference_steps=10)
+    # Steps long enough (256x256x121) that each reaches the stream before the next; and it decodes
+    # for seconds after the last step: the stream must keep itself alive.
+    job = submit(client, height=256, width=256, num_frames=121, num_inference_steps=10)
     events, keepalives = events_of(client, job["id"])
     assert events[-1]["status"] == "completed" and events[-1]["progress"] == 100
     progress = [e["progress"] for e in events]

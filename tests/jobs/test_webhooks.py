@@ -1,15 +1,21 @@
-"""Webhooks: a signed POST reaches a local receiver (retried after a failure), and a webhook
-address the service must not reach is refused at submission."""
+"""Webhooks: a signed POST reaches a local receiver (retried after a failure), a webhook address
+the service must not reach is refused at submission, and a receiver cannot hold an attempt
+beyond its deadline or make the service read its answer."""
 
+import asyncio
 import json
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from standardwebhooks.webhooks import Webhook
 from support.service import SMALL, WEBHOOK_SECRET, submit, wait_for
+
+from serve_app.common.outbound import OutboundPolicy
+from serve_app.jobs.webhooks import WebhookSender
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -73,3 +79,55 @@ def test_a_webhook_address_that_is_not_public_is_refused(client, url, message):
     error = response.json()["error"]
     assert error["param"] == "webhook_url" and message in error["message"]
     assert client.get("/v1/videos", params={"limit": 1}).json()["data"] == before
+
+
+async def _serve(handler) -> tuple[asyncio.Server, str]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
+
+
+async def _endless_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers 200 with a body that never ends: the sender must not read it."""
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"%x\r\n%s\r\n" % (2**16, b"x" * 2**16)
+    try:
+        while True:
+            writer.write(chunk)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+
+
+async def _trickling_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Sends its status line a byte a second: each read succeeds, only a deadline ends it."""
+    await reader.readuntil(b"\r\n\r\n")
+    try:
+        for byte in b"HTTP/1.1 200 OK\r\n\r\n":
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(1)
+    except (ConnectionError, OSError):
+        pass
+
+
+def _attempt(handler) -> tuple[str | None, float]:
+    async def run() -> tuple[str | None, float]:
+        server, url = await _serve(handler)
+        sender = WebhookSender(b"k" * 32, OutboundPolicy(("127.0.0.1",)), timeout_s=2)
+        started = time.monotonic()
+        async with server:
+            outcome = await sender.attempt(url, "msg_1", b"{}")
+            return outcome, time.monotonic() - started
+
+    return asyncio.run(run())
+
+
+def test_a_receiver_answering_an_endless_body_counts_as_delivered_without_it_being_read():
+    outcome, seconds = _attempt(_endless_answer)
+    assert outcome is None and seconds < 2
+
+
+def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_deadline():
+    outcome, seconds = _attempt(_trickling_answer)
+    assert outcome == "TimeoutError" and 2 <= seconds < 4

@@ -114,7 +114,7 @@ def test_an_unreachable_service_is_a_clear_error(tmp_path):
     ("option", "value", "message"),
     [("--run-time", "5x", "'5x' is not a duration like 90s, 5m or 1h30m"),
      ("--size", "1280", "'1280' is not a size like 1280x704"),
-     ("--steps-mix", "20;2", "'20;2' is not a mix like 20:2,30:4 (steps:weight, ...)")],
+     ("--steps-mix", "20;2", "'20;2' is not steps:weight, steps 1 to 100, weight above 0 (e.g. 20:2,30:4)")],
 )  # fmt: skip
 def test_bad_options_are_refused_before_any_load(tmp_path, option, value, message):
     run = subprocess.run(
