@@ -44,7 +44,7 @@ $(POSTGRES):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
 
 test: lint $(CHROMIUM) $(POSTGRES)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 # The unit tests: no Ray, no browser, no tiny pipeline; two processes. Under a minute.
 test-fast: install $(POSTGRES)

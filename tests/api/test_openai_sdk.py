@@ -121,7 +121,7 @@ def test_frames_for_a_duration(seconds, fps, frames):
     [
         ({"prompt": "x", "size": "64x64", "width": "64"}, None, "size", "Give size or width and height, not both."),
         ({"prompt": "x", "seconds": "1", "num_frames": "25"}, None, "seconds", "not both"),
-        ({"prompt": "x", "seconds": "soon"}, None, "seconds", "seconds must be a number."),
+        ({"prompt": "x", "seconds": "soon"}, None, "seconds", "seconds must be a number of seconds"),
         ({"prompt": "x", "seconds": "0"}, None, "seconds", "seconds must be positive."),
         ({"prompt": "x", "size": "2100x64"}, None, "size", "outside 32x32 to 2048x2048"),
         ({"prompt": "x", "num_inference_steps": "many"}, None, "num_inference_steps", "valid integer"),

@@ -64,7 +64,10 @@ def test_the_cli_shows_the_servers_message_for_a_bad_key_and_a_bad_parameter(ser
 
 def test_ctrl_c_cancels_the_job_on_the_server(service, tmp_path, client):
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in SLOW.items()]
-    run = cli(service, "generate", "a slow one", *flags, "-o", str(tmp_path / "slow.mp4"))
+    # As from a terminal: a shell that runs the tests in the background leaves SIGINT ignored in
+    # its children, and Python then turns no SIGINT into KeyboardInterrupt.
+    run = cli(service, "generate", "a slow one", *flags, "-o", str(tmp_path / "slow.mp4"),
+              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     job_id = run.stderr.readline().split()[1]  # "job video_... queued"
     while "in_progress" not in run.stderr.readline():
         pass
