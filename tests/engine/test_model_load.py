@@ -4,6 +4,7 @@ cannot be loaded fails the replica's start with a message that says what to do."
 import json
 import shutil
 
+import huggingface_hub
 import pytest
 from ray import serve
 
@@ -54,7 +55,9 @@ def test_missing_path_says_what_to_do(tmp_path):
 
 
 def test_unreachable_hub_id_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # this machine has no hub; make that immediate
+    # This machine has no hub; make that immediate. (The variable is read when huggingface_hub is
+    # imported, which has happened by now: the constant is what its downloads check.)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelLoadError, match=r"(?s)Could not load the Wan2.2 checkpoint 'no-such-org/no-such-model'"):
         load_model("no-such-org/no-such-model", resolve_device("cpu"), tmp_path)
 
