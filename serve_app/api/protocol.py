@@ -10,6 +10,8 @@ from pydantic_core import PydanticCustomError
 from serve_app.limits import MAX_FRAMES, MAX_SEED, MAX_TEXT_CHARS, MAX_URL_CHARS, MIN_FRAMES, SIZE_MULTIPLE
 from serve_app.messages import SpeedMode, VideoDetails, VideoShape
 
+# What the schema says of a width or height beyond its bounds (checked by `_multiple_of_32`).
+_SIZE = {"multipleOf": SIZE_MULTIPLE}
 # Unicode categories of control characters and lone surrogates.
 _CONTROL = frozenset({"Cc", "Cs"})
 
@@ -30,12 +32,8 @@ class VideoRequest(BaseModel):
         description="What the video should not contain. Omitted or null: the Wan2.2 authors' "
         "default negative prompt; an explicit empty string: none.",
     )
-    height: int = Field(
-        704, ge=32, le=2048, description="Video height, a multiple of 32.", json_schema_extra={"multipleOf": 32}
-    )
-    width: int = Field(
-        1280, ge=32, le=2048, description="Video width, a multiple of 32.", json_schema_extra={"multipleOf": 32}
-    )
+    height: int = Field(704, ge=32, le=2048, description="Video height, a multiple of 32.", json_schema_extra=_SIZE)
+    width: int = Field(1280, ge=32, le=2048, description="Video width, a multiple of 32.", json_schema_extra=_SIZE)
     num_frames: int = Field(
         MAX_FRAMES,
         ge=MIN_FRAMES,
