@@ -9,7 +9,7 @@ from typing import Any
 
 from serve_app.api.errors import InvalidRequest
 from serve_app.api.protocol import VideoRequest
-from serve_app.limits import MAX_FRAMES, MAX_NAME_CHARS, MIN_FRAMES, SIZE_MULTIPLE
+from serve_app.limits import MAX_FRAMES, MAX_NAME_CHARS, MAX_SIDE, MIN_FRAMES, MIN_SIDE, SIZE_MULTIPLE
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,8 @@ def nearest_size(size: str) -> tuple[int, int]:
     if match is None:
         raise InvalidRequest("size must look like WIDTHxHEIGHT, for example 1280x704.", param="size")
     width, height = (_nearest_multiple(int(v)) for v in match.groups())
-    if not (32 <= width <= 2048 and 32 <= height <= 2048):
-        raise InvalidRequest(f"size {size} is outside 32x32 to 2048x2048.", param="size")
+    if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
+        raise InvalidRequest(f"size {size} is outside {MIN_SIDE}x{MIN_SIDE} to {MAX_SIDE}x{MAX_SIDE}.", param="size")
     return width, height
 
 

@@ -7,7 +7,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from serve_app.limits import MAX_FRAMES, MAX_SEED, MAX_TEXT_CHARS, MAX_URL_CHARS, MIN_FRAMES, SIZE_MULTIPLE
+from serve_app.limits import (
+    MAX_FRAMES,
+    MAX_SEED,
+    MAX_SIDE,
+    MAX_STEPS,
+    MAX_TEXT_CHARS,
+    MAX_URL_CHARS,
+    MIN_FRAMES,
+    MIN_SIDE,
+    SIZE_MULTIPLE,
+)
 from serve_app.messages import SpeedMode, VideoDetails, VideoShape
 
 # What the schema says of a width or height beyond its bounds (checked by `_multiple_of_32`).
@@ -32,8 +42,12 @@ class VideoRequest(BaseModel):
         description="What the video should not contain. Omitted or null: the Wan2.2 authors' "
         "default negative prompt; an explicit empty string: none.",
     )
-    height: int = Field(704, ge=32, le=2048, description="Video height, a multiple of 32.", json_schema_extra=_SIZE)
-    width: int = Field(1280, ge=32, le=2048, description="Video width, a multiple of 32.", json_schema_extra=_SIZE)
+    height: int = Field(
+        704, ge=MIN_SIDE, le=MAX_SIDE, description="Video height, a multiple of 32.", json_schema_extra=_SIZE
+    )
+    width: int = Field(
+        1280, ge=MIN_SIDE, le=MAX_SIDE, description="Video width, a multiple of 32.", json_schema_extra=_SIZE
+    )
     num_frames: int = Field(
         MAX_FRAMES,
         ge=MIN_FRAMES,
@@ -41,7 +55,7 @@ class VideoRequest(BaseModel):
         description="Frame count, of the form 4n+1.",
         json_schema_extra={"enum": list(range(MIN_FRAMES, MAX_FRAMES + 1, 4))},
     )
-    num_inference_steps: int = Field(50, ge=1, le=100, description="Denoising steps.")
+    num_inference_steps: int = Field(50, ge=1, le=MAX_STEPS, description="Denoising steps.")
     guidance_scale: float = Field(5.0, ge=1.0, le=20.0, description="Classifier-free guidance strength.")
     fps: int = Field(24, ge=1, le=60, description="Frame rate of the output video.")
     seed: int | None = Field(
@@ -95,7 +109,7 @@ class VideoRequest(BaseModel):
     def _multiple_of_32(cls, value: int) -> int:
         if value % SIZE_MULTIPLE:
             below = value // SIZE_MULTIPLE * SIZE_MULTIPLE
-            nearest = [v for v in (below, below + SIZE_MULTIPLE) if 32 <= v <= 2048]
+            nearest = [v for v in (below, below + SIZE_MULTIPLE) if MIN_SIDE <= v <= MAX_SIDE]
             raise PydanticCustomError(
                 "size_multiple",
                 "must be a multiple of 32; nearest valid values: {nearest}",
