@@ -132,10 +132,17 @@ class Jobs:
             seconds=f"{details.num_frames / details.fps:.2f}",
             details=details,
         )
+        # From here on the job is stored and dispatched even if the caller goes away (Serve cancels
+        # this call when the HTTP client disconnects): a job stored but never dispatched would wait,
+        # held by this replica, until the replica stopped.
+        return await asyncio.shield(spawn(self._queue(job, submission), name=f"queue {job.id}"))
+
+    async def _queue(self, job: Job, submission: Submission) -> Job | Refusal:
+        request = submission.request
         if request.image_png is not None:  # kept in storage until the job starts, not in the database
             await asyncio.to_thread(self._storage.write, job.id, {REFERENCE: request.image_png})
         new = NewJob(
-            owner=owner,
+            owner=submission.owner,
             request=request.model_copy(update={"image_png": None}),
             idempotency_key=submission.idempotency_key,
             request_hash=submission.request_hash,
@@ -145,10 +152,10 @@ class Jobs:
             await self._store.add(job, new, self._runner)
         except DuplicateKey:  # the same Idempotency-Key, submitted at the same moment through another replica
             await asyncio.to_thread(self._storage.delete, job.id)
-            earlier = await self._store.find_idempotent(owner, submission.idempotency_key)
+            earlier = await self._store.find_idempotent(submission.owner, submission.idempotency_key)
             return await self._same_or_conflict(earlier, submission)
-        logger.info("job %s: queued for key %s", job.id, owner)
-        self._metrics.submitted(owner)
+        logger.info("job %s: queued for key %s", job.id, submission.owner)
+        self._metrics.submitted(submission.owner)
         await self._dispatcher.dispatch(job.id, request)
         return await self._view(job)
 

@@ -135,6 +135,34 @@ def test_a_cancelled_queued_job_never_runs_and_a_cancelled_running_one_stops(arg
     assert running.progress < 50
 
 
+def test_a_submission_whose_caller_goes_away_once_the_job_is_stored_still_runs_it(args):
+    # Serve cancels the Jobs call when the HTTP client disconnects; a stored job left undispatched
+    # would wait, held by this replica, until the replica stopped.
+    async def scenario():
+        generator = FakeGenerator(step_s=0.01)
+        jobs = await start_jobs(generator, args)
+        stored = asyncio.Event()
+        add = jobs._store.add
+
+        async def add_then_signal(*arguments):
+            await add(*arguments)
+            stored.set()
+
+        jobs._store.add = add_then_signal
+        call = asyncio.create_task(jobs.submit(submission("left behind")))
+        await stored.wait()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        (job,) = (await jobs.page("key-a", None, 10, newest_first=True)).data
+        finished = await asyncio.wait_for(until_finished(jobs, job), timeout=10)
+        await jobs.__del__()
+        return finished, generator
+
+    finished, generator = run(scenario())
+    assert finished.status == "completed" and generator.completed == {"left behind": 1}
+
+
 def test_admission_refuses_a_full_queue_a_busy_key_and_a_video_the_gpus_cannot_hold(args):
     capacity = Capacity(
         plan=Plan(memory_mode="full", vae_tiling=False, cfg_batch=True),
