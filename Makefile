@@ -47,7 +47,7 @@ test: lint $(CHROMIUM) $(POSTGRES)
 	$(BIN)/python -m pytest --durations=25
 
 # The unit tests: no Ray, no browser, no tiny pipeline; two processes. Under a minute.
-test-fast: install $(POSTGRES)
+test-fast: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not integration and not e2e and not model and not slow"
 
 bench: install

@@ -9,7 +9,7 @@ import time
 
 import pytest
 from support.fakes import FakeGenerator, start_jobs
-from support.postgres import fresh_database
+from support.postgres import STORES, fresh_database
 
 from serve_app.config import AppArgs
 from serve_app.jobs import handover
@@ -18,7 +18,7 @@ from serve_app.messages import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, Job, 
 OWNER = "key-a"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=STORES)
 def args(request, tmp_path) -> AppArgs:
     url = None
     if request.param == "postgres":

@@ -9,7 +9,7 @@ from threading import Thread
 
 import pytest
 from support.fakes import FakeGenerator, FakeStream, start_jobs
-from support.postgres import fresh_database
+from support.postgres import STORES, fresh_database
 
 from serve_app.capacity import Capacity, GiB, Plan, StageFit
 from serve_app.common.storage import REFERENCE, VIDEO, ResultStorage
@@ -26,7 +26,7 @@ from serve_app.messages import (
 )
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=STORES)
 def args(request, tmp_path) -> AppArgs:
     url = None
     if request.param == "postgres":

@@ -8,13 +8,13 @@ import time
 
 import pytest
 from support.jobs import REQUEST, job
-from support.postgres import fresh_database
+from support.postgres import STORES, fresh_database
 
 from serve_app.jobs.sql import MIGRATIONS
 from serve_app.jobs.store import DuplicateKey, NewJob, open_store
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=STORES)
 def url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite://{tmp_path / 'jobs.sqlite3'}"

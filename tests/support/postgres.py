@@ -11,7 +11,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from serve_app.benchmark.local_cluster import free_port
+
+# The job stores a test runs on: SQLite, and PostgreSQL in the full suite (`slow`: its server and a
+# database per test cost seconds that `make test-fast` leaves out).
+STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.slow)]
 
 # The newest server Debian installed (the Makefile installs `postgresql` where none is).
 BIN = Path(os.environ.get("PG_BIN") or max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name)))
