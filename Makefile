@@ -43,12 +43,14 @@ $(POSTGRES):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
 
+# Two pytest-xdist workers: the tests on the Ray cluster in one (their group), the rest shared.
 test: lint $(CHROMIUM) $(POSTGRES)
-	$(BIN)/python -m pytest --durations=25
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25
 
-# The unit tests: no Ray, no browser, no tiny pipeline; two processes. Under a minute.
+# The unit tier, chosen by folder (tests/unit: no Ray cluster, no browser, no diffusers, so its
+# workers import none of them), less its `slow` tests (PostgreSQL); two processes. Under 40 s.
 test-fast: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not integration and not e2e and not model and not slow"
+	$(BIN)/python -m pytest -q -n 2 -m "not slow" tests/unit
 
 bench: install
 	$(BIN)/python -m serve_app.benchmark.overhead

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_MODEL = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
 DATABASE_URL_ENV = "WAN_DATABASE_URL"
@@ -160,6 +160,15 @@ class AppArgs(BaseModel):
     retention_hours: float = Field(
         24.0, gt=0, description="How long a finished job and its files are kept before they are deleted."
     )
+    jobs_heartbeat_s: float = Field(
+        2.0, gt=0, description="How often each Jobs replica beats in the jobs database (and adopts orphaned jobs)."
+    )
+    jobs_silent_s: float = Field(
+        10.0,
+        gt=0,
+        description="A Jobs replica not heard of for this long is taken for dead: another adopts its jobs (its "
+        "queued ones run, its running ones fail as `interrupted`). At least 3 heartbeats.",
+    )
     webhook_retry_delays_s: list[float] = Field(
         [1, 5, 30, 120, 600],
         description="Waits between webhook attempts when the receiver fails: one retry per entry.",
@@ -215,6 +224,13 @@ class AppArgs(BaseModel):
         "encode prompts; `model_offload`: one model at a time; `group_offload`: layer by layer. `auto`: the "
         "fastest that fits `warmup_size` in the GPU memory free at replica start, by the memory model.",
     )
+
+    @model_validator(mode="after")
+    def _silence_outlasts_heartbeats(self) -> "AppArgs":
+        # A replica late by a beat or two (a busy event loop) must not lose its jobs.
+        if self.jobs_silent_s < 3 * self.jobs_heartbeat_s:
+            raise ValueError("jobs_silent_s must be at least 3 x jobs_heartbeat_s")
+        return self
 
     @property
     def pipeline_options(self) -> PipelineOptions:

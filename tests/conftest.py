@@ -1,65 +1,34 @@
 """Fixtures shared by the tests: one real local Ray cluster for the whole session serving
-`serve_config.local.yaml` (tiny model, CPU) on a free port, a local image server for `image_url`,
-and a throwaway PostgreSQL server. Helpers live in `support/`."""
+`serve_config.local.yaml` (tiny model, CPU) on a free port, beside which a test can deploy an
+application of its own (`apps`, `simulated_app`); the tiny checkpoint, built once; a local image
+server for `image_url`; a throwaway PostgreSQL server. Helpers live in `support/`."""
 
+import hashlib
 import os
-import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 import yaml
-from support.media import png_bytes
+from support.image_server import image_server as serve_images
 from support.postgres import postgres_server
 from support.service import API_KEYS, ROOT, TEST_ARGS, WEBHOOK_SECRET
 
-from serve_app.benchmark.local_cluster import deploy_config, free_port
+from serve_app.benchmark.local_cluster import LOOPBACK, free_port
+
+if TYPE_CHECKING:  # Ray is imported by the fixtures that start it, not by the unit tests
+    from support.apps import Apps, DeployedApp
 
 METRICS_PORT = free_port()  # the Ray node's Prometheus endpoint
-
-
-class _ImageHandler(BaseHTTPRequestHandler):
-    routes: dict[str, tuple[int, str, bytes, dict]] = {}
-    requested: list[str] = []  # every path asked for, in order
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        self.requested.append(self.path)
-        if self.path == "/slow.png":
-            time.sleep(6)
-        status, content_type, body, headers = self.routes.get(self.path, (404, "text/plain", b"no", {}))
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 @pytest.fixture(scope="session")
 def image_server() -> Iterator[str]:
     """http://127.0.0.1:PORT serving good, bad and redirecting images."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ImageHandler)
-    port = server.server_address[1]
-    _ImageHandler.routes = {
-        "/cat.png": (200, "image/png", png_bytes((96, 64)), {}),
-        "/slow.png": (200, "image/png", png_bytes((8, 8)), {}),
-        "/notes.txt": (200, "text/plain", b"this is not an image", {}),
-        "/huge.bin": (200, "image/png", os.urandom(2 * 2**20), {}),
-        "/to-cat": (302, "text/plain", b"", {"Location": "/cat.png"}),
-        # 127.0.0.2 is loopback too, and not on the allow-list.
-        "/to-loopback": (302, "text/plain", b"", {"Location": f"http://127.0.0.2:{port}/cat.png"}),
-    }
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}"
-    server.shutdown()
+    with serve_images() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +41,13 @@ def ray_cluster() -> Iterator[None]:
     os.environ.pop("WAN_API_KEYS_FILE", None)
     os.environ.pop("WAN_DATABASE_URL", None)
     os.environ["WAN_WEBHOOK_SECRET"] = WEBHOOK_SECRET
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=METRICS_PORT)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _metrics_export_port=METRICS_PORT,
+        _node_ip_address=LOOPBACK,
+    )
     yield
     serve.shutdown()
     ray.shutdown()
@@ -90,20 +65,47 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def service_config(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `cache_dir` of every tiny pipeline in the run: the checkpoint is built once, here."""
+    return tmp_path_factory.mktemp("tiny-cache")
+
+
+@pytest.fixture(scope="session")
+def service_config(data_dir: Path, tiny_cache: Path) -> dict:
     """serve_config.local.yaml with test caps, temporary folders and a free port."""
     config = yaml.safe_load((ROOT / "serve_config.local.yaml").read_text())
     config["http_options"]["port"] = free_port()
-    config["applications"][0]["args"].update(
-        TEST_ARGS, cache_dir=str(tmp_path_factory.mktemp("cache")), data_dir=str(data_dir)
-    )
+    config["applications"][0]["args"].update(TEST_ARGS, cache_dir=str(tiny_cache), data_dir=str(data_dir))
     return config
 
 
 @pytest.fixture(scope="session")
-def service(ray_cluster: None, image_server: str, service_config: dict) -> str:
+def apps(ray_cluster: None, service_config: dict) -> "Apps":
+    """The applications deployed on the test cluster (the service, and those the tests add)."""
+    from support.apps import Apps
+
+    return Apps(service_config["http_options"])
+
+
+@pytest.fixture(scope="session")
+def service(apps: "Apps", image_server: str, service_config: dict) -> str:
     """The local config, deployed on the test cluster: its URL."""
-    return deploy_config(service_config)
+    return apps.deploy(service_config["applications"][0])
+
+
+@pytest.fixture
+def simulated_app(apps: "Apps", tmp_path: Path, request: pytest.FixtureRequest) -> Iterator["DeployedApp"]:
+    """An application of this test's own beside the service, `model: simulated` (steps that sleep:
+    a SLOW job takes seconds, and no CPU), with the test caps and a fast handover, under a route
+    prefix of its own. A test may break it; it is deleted after the test."""
+    from support.apps import DeployedApp
+
+    name = "sim-" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:10]
+    url = apps.deploy(apps.simulated(name, tmp_path))
+    headers = {"Authorization": f"Bearer {API_KEYS[0]}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
+        yield DeployedApp(name, url, http)
+    apps.remove(name)
 
 
 @pytest.fixture(scope="session")
@@ -119,8 +121,14 @@ def postgres() -> Iterator[str]:
         yield url
 
 
+CLUSTER_FIXTURES = {"ray_cluster", "apps", "service", "client", "simulated_app"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that uses the Ray cluster is an integration test, whatever its file says."""
+    """A test that uses the Ray cluster is an integration test, whatever its file says, and runs in
+    the one pytest-xdist worker that holds the cluster (`--dist loadgroup`)."""
     for item in items:
-        if {"ray_cluster", "service", "client"} & set(getattr(item, "fixturenames", ())):
+        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.xdist_group("cluster"))

@@ -1,123 +1,114 @@
-"""Nothing is lost: a generator replica killed mid-job, an ingress replica killed mid-job, and
-a restart of the whole application."""
+"""Nothing is lost: a generator replica killed mid-job, an ingress replica killed mid-job, a
+crashed jobs replica, a restart of the whole application and rolling updates. Each test breaks an
+application of its own (`simulated_app`: the real deployments, steps that sleep)."""
 
-import copy
 import time
 
 import httpx
-import ray
+import pytest
 from ray import serve
+from support.apps import kill_replica, wait_ready
+from support.polling import poll
 from support.service import SLOW, SMALL, submit, wait_for
 
-from serve_app.benchmark.local_cluster import deploy_config
+from serve_app.deployments import GENERATOR, INGRESS, JOBS
+
+pytestmark = pytest.mark.timeout(120)
 
 
-def kill_replica(deployment: str) -> None:
-    """Kill the replica's worker process (ray.kill is a SIGKILL), as a crash or an OOM kill would."""
-    (name,) = [
-        actor["name"]
-        for actor in ray.util.list_named_actors(all_namespaces=True)
-        if actor["name"].startswith(f"SERVE_REPLICA::wan#{deployment}#")
-    ]
-    ray.kill(ray.get_actor(name, namespace="serve"))
+def running(http: httpx.Client, job: dict) -> dict:
+    return wait_for(http, job["id"], until=lambda j: j["progress"] > 0)
 
 
-def wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 120
-    while httpx.get(f"{url}/readyz").status_code != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+def test_a_killed_generator_fails_its_job_with_a_reason_and_is_replaced(simulated_app):
+    http = simulated_app.client
+    job = running(http, submit(http, **SLOW))
+    kill_replica(simulated_app.name, GENERATOR)
 
-
-def test_a_killed_generator_fails_its_job_with_a_reason_and_is_replaced(client, service):
-    job = submit(client, **SLOW)
-    wait_for(client, job["id"], until=lambda j: j["progress"] > 0)
-    kill_replica("Generator")
-
-    failed = wait_for(client, job["id"], timeout=60)
+    failed = wait_for(http, job["id"], timeout=60)
     assert failed["status"] == "failed"
     assert failed["error"]["code"] == "replica_died"
     assert "submit it again" in failed["error"]["message"]
     # Serve replaces the replica; the next job runs on the new one.
-    time.sleep(1)
-    wait_ready(service)
-    assert wait_for(client, submit(client, **SMALL)["id"])["status"] == "completed"
+    wait_ready(simulated_app.url)
+    assert wait_for(http, submit(http, **SMALL)["id"])["status"] == "completed"
 
 
-def test_a_killed_ingress_loses_nothing(client, service):
-    job = submit(client, **{**SLOW, "num_inference_steps": 30, "height": 128, "width": 128})
-    kill_replica("Ingress")
-    deadline = time.monotonic() + 60
-    while True:  # until Serve has replaced the ingress
+def test_a_killed_ingress_loses_nothing(simulated_app):
+    http = simulated_app.client
+    job = submit(http, **SLOW)
+    kill_replica(simulated_app.name, INGRESS)
+
+    def answers() -> bool:  # once Serve has replaced the ingress
         try:
-            if client.get(f"/v1/videos/{job['id']}").status_code == 200:
-                break
+            return http.get(f"/v1/videos/{job['id']}").status_code == 200
         except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
-    assert wait_for(client, job["id"])["status"] == "completed"
+            return False
+
+    poll(answers, timeout_s=60, every_s=0.2, what="a new ingress")
+    assert wait_for(http, job["id"])["status"] == "completed"
 
 
-def test_a_restart_of_the_application_keeps_results_and_finishes_its_jobs(client, service, service_config):
-    done = submit(client, seed=5, **SMALL)
-    wait_for(client, done["id"])
-    video = client.get(f"/v1/videos/{done['id']}/content").content
-    running = submit(client, **SLOW)
-    wait_for(client, running["id"], until=lambda j: j["progress"] > 0)
-    queued = submit(client, **SMALL)
+def test_a_restart_of_the_application_keeps_results_and_finishes_its_jobs(apps, simulated_app):
+    http = simulated_app.client
+    done = wait_for(http, submit(http, seed=5, **SMALL)["id"])
+    video = http.get(f"/v1/videos/{done['id']}/content").content
+    job = running(http, submit(http, **SLOW))
+    queued = submit(http, **SMALL)
 
     # A graceful stop: the jobs replica follows the running job to its end and hands the queued
     # one over to its successor.
-    serve.delete("wan")
-    deploy_config(service_config)
+    app = apps.app(simulated_app.name)
+    stopping = time.time()
+    serve.delete(simulated_app.name)
+    apps.deploy(app)
 
-    assert client.get(f"/v1/videos/{done['id']}/content").content == video
-    assert done["id"] in [j["id"] for j in client.get("/v1/videos", params={"limit": 100}).json()["data"]]
-    assert client.get(f"/v1/videos/{running['id']}").json()["status"] == "completed"
-    assert wait_for(client, queued["id"])["status"] == "completed"
+    assert http.get(f"/v1/videos/{done['id']}/content").content == video
+    assert done["id"] in [j["id"] for j in http.get("/v1/videos", params={"limit": 100}).json()["data"]]
+    finished = http.get(f"/v1/videos/{job['id']}").json()
+    assert finished["status"] == "completed" and finished["completed_at"] >= int(stopping)
+    assert wait_for(http, queued["id"])["status"] == "completed"
 
 
-def test_a_crashed_jobs_replica_fails_its_running_job_and_requeues_the_rest(client, service):
-    running = submit(client, **SLOW)
-    wait_for(client, running["id"], until=lambda j: j["progress"] > 0)
-    queued = submit(client, **SMALL)
-    kill_replica("Jobs")
+def test_a_crashed_jobs_replica_fails_its_running_job_and_requeues_the_rest(simulated_app):
+    http = simulated_app.client
+    job = running(http, submit(http, **SLOW))
+    queued = submit(http, **SMALL)
+    kill_replica(simulated_app.name, JOBS)
 
-    # Its successor adopts the jobs once the dead replica's heartbeat is stale.
-    interrupted = wait_for(client, running["id"], timeout=90)
+    # Its successor adopts the jobs once the dead replica's heartbeat is stale (jobs_silent_s).
+    interrupted = wait_for(http, job["id"], timeout=60)
     assert interrupted["status"] == "failed" and interrupted["error"]["code"] == "interrupted"
-    assert wait_for(client, queued["id"], timeout=120)["status"] == "completed"
+    assert wait_for(http, queued["id"], timeout=60)["status"] == "completed"
 
 
-def test_a_rolling_update_of_the_whole_application_finishes_running_and_queued_jobs(client, service, service_config):
-    running = submit(client, **SLOW)
-    wait_for(client, running["id"], until=lambda j: j["progress"] > 0)
-    queued = submit(client, **SMALL)
+def test_a_rolling_update_of_the_whole_application_finishes_running_and_queued_jobs(apps, simulated_app):
+    http = simulated_app.client
+    job = running(http, submit(http, **SLOW))
+    queued = submit(http, **SMALL)
     # A new application argument replaces every replica of every deployment.
-    updated = copy.deepcopy(service_config)
-    updated["applications"][0]["args"]["retention_hours"] = 25
-    try:
-        deploy_config(updated)
-        assert wait_for(client, running["id"])["status"] == "completed"
-        assert wait_for(client, queued["id"])["status"] == "completed"
-        assert wait_for(client, submit(client, **SMALL)["id"])["status"] == "completed"
-    finally:
-        deploy_config(service_config)
+    updated = apps.app(simulated_app.name)
+    updated["args"]["retention_hours"] = 25
+    updating = time.time()
+    apps.deploy(updated)
+    done = wait_for(http, job["id"])
+    # It ran through the update.
+    assert done["status"] == "completed" and done["completed_at"] >= int(updating)
+    assert wait_for(http, queued["id"])["status"] == "completed"
+    assert wait_for(http, submit(http, **SMALL)["id"])["status"] == "completed"
 
 
-def test_a_rolling_update_of_the_generators_lets_the_running_job_finish(client, service, service_config):
-    job = submit(client, **{**SLOW, "num_inference_steps": 40})
-    wait_for(client, job["id"], until=lambda j: j["status"] == "in_progress")
+def test_a_rolling_update_of_the_generators_lets_the_running_job_finish(apps, simulated_app):
+    http = simulated_app.client
+    job = running(http, submit(http, **SLOW))
     # A new actor option replaces every generator replica; Serve drains the old one first, for
     # up to its graceful_shutdown_timeout_s (60 s in the local config, longer than this job).
-    updated = copy.deepcopy(service_config)
-    generator = next(d for d in updated["applications"][0]["deployments"] if d["name"] == "Generator")
-    generator["ray_actor_options"]["num_cpus"] = 0.5
-    try:
-        deploy_config(updated)
-        done = wait_for(client, job["id"])
-        assert done["status"] == "completed", done["error"]
-        assert wait_for(client, submit(client, **SMALL)["id"])["status"] == "completed"
-    finally:
-        deploy_config(service_config)
+    updated = apps.app(simulated_app.name)
+    generator = next(d for d in updated["deployments"] if d["name"] == GENERATOR)
+    generator["ray_actor_options"]["num_cpus"] = 0.01
+    updating = time.time()
+    apps.deploy(updated)
+    done = wait_for(http, job["id"])
+    assert done["status"] == "completed", done["error"]
+    assert done["completed_at"] >= int(updating)
+    assert wait_for(http, submit(http, **SMALL)["id"])["status"] == "completed"

@@ -3,7 +3,9 @@
     python -m serve_app.benchmark.autoscaling [--gpu-nodes 2] [--jobs 4] [--json out.json]
 
 A head node with no GPU and `--gpu-nodes` worker nodes that each declare one GPU (Ray's
-accounting is what places replicas; the generation itself runs on the CPU with `tiny`). The
+accounting is what places replicas). The generators are the capacity simulator's (`model:
+simulated`): each job takes 1 % of the time an L40 would, about 2.4 s, and no CPU, so that what is
+measured is Serve's scaling, not this machine's speed. The
 generator deployment scales from zero, up to one replica per GPU, with one replica more allowed
 than there are GPUs, to show that it is never placed without one, and back to zero when idle.
 It prints what it measured: cold start, time to full scale, the most replicas running, where
@@ -20,7 +22,9 @@ import httpx
 from serve_app.benchmark.local_cluster import cluster_config, free_port, generator_replicas, serve_on_gpu_cluster
 
 KEY = "autoscaling-bench-key"
-JOB = {"prompt": "a windmill", "height": 128, "width": 128, "num_frames": 49, "num_inference_steps": 100}
+# 236 s on an L40 by the simulator's latency model; TIME_SCALE of that here.
+JOB = {"prompt": "a windmill", "height": 704, "width": 1280, "num_frames": 121, "num_inference_steps": 30}
+TIME_SCALE = 0.01
 AUTOSCALING = {
     "min_replicas": 0,
     "initial_replicas": 0,
@@ -36,7 +40,7 @@ def run(gpu_nodes: int, jobs: int) -> dict:
     import ray
 
     with tempfile.TemporaryDirectory(prefix="wan-autoscaling-") as data_dir:
-        args = {"model": "tiny", "device": "cpu", "data_dir": data_dir, "cache_dir": data_dir}
+        args = {"model": "simulated", "simulated_time_scale": TIME_SCALE, "data_dir": data_dir}
         # One replica more allowed than there are GPUs, to show that none is placed without one.
         config = cluster_config(free_port(), args, {**AUTOSCALING, "max_replicas": gpu_nodes + 1})
         with serve_on_gpu_cluster(gpu_nodes, config, KEY) as url:

@@ -11,10 +11,12 @@ from contextlib import contextmanager
 
 from serve_app.deployments import APP, GENERATOR, INGRESS, replica_states
 
+LOOPBACK = "127.0.0.1"
+
 
 def free_port() -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((LOOPBACK, 0))
         return sock.getsockname()[1]
 
 
@@ -74,9 +76,13 @@ def serve_on_gpu_cluster(gpu_nodes: int, config: dict, api_key: str) -> Iterator
     from ray.cluster_utils import Cluster
 
     os.environ["WAN_API_KEYS"] = api_key  # inherited by the nodes' processes
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False})
+    # Every node on the loopback address: nothing of the cluster listens on another interface.
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False, "node_ip_address": LOOPBACK},
+    )
     for _ in range(gpu_nodes):
-        cluster.add_node(num_cpus=2, num_gpus=1)
+        cluster.add_node(num_cpus=2, num_gpus=1, node_ip_address=LOOPBACK)
     ray.init(address=cluster.address, log_to_driver=False)
     try:
         yield deploy_config(config, ready_within_s=None)

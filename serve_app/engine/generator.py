@@ -16,18 +16,19 @@ import torch
 from serve_app.common.logs import use_serve_log_handlers
 from serve_app.config import AppArgs
 from serve_app.engine.errors import GenerationCancelled, VideoTooLarge
-from serve_app.engine.runner import make_runner
+from serve_app.engine.runner import Runner, make_runner
 from serve_app.messages import GenerationFailure, GenerationRequest, GenerationResult, Progress, Started
 
 logger = logging.getLogger(__name__)
 
 
 class Generator:
-    """Loads the model once in its constructor; `generate` turns a request into an MP4."""
+    """Loads the model once in its constructor; `generate` turns a request into an MP4. `runner`
+    replaces the one `args` name (tests pass one-behaviour fakes)."""
 
-    def __init__(self, args: AppArgs) -> None:
+    def __init__(self, args: AppArgs, runner: Runner | None = None) -> None:
         use_serve_log_handlers()
-        self.runner = make_runner(args)
+        self.runner = runner or make_runner(args)
         self.runner.warm_up(args.warmup_size)
         # One thread: a replica never runs two generations at once, whatever its config says.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wan-generate")

@@ -25,7 +25,7 @@ from serve_app.common.tasks import spawn
 from serve_app.config import AppArgs, webhook_secret
 from serve_app.jobs.admission import Admission
 from serve_app.jobs.dispatch import Dispatcher
-from serve_app.jobs.handover import HEARTBEAT_S, Handover
+from serve_app.jobs.handover import Handover
 from serve_app.jobs.outbox import Outbox
 from serve_app.jobs.store import EVERY_JOB, DuplicateKey, NewJob, open_store
 from serve_app.jobs.webhooks import WebhookSender
@@ -88,14 +88,16 @@ class Jobs:
             self._store, self._storage, generator.options(stream=True).generate, self._runner, self._retention_s,
             self._metrics, on_started=self._generator_started, on_finished=lambda _, gpu_s: self._admission.ran(gpu_s),
         )  # fmt: skip
-        self._handover = Handover(self._store, self._dispatcher, self._runner)
+        self._handover = Handover(
+            self._store, self._dispatcher, self._runner, args.jobs_heartbeat_s, args.jobs_silent_s
+        )
         self._watchers = Watchers()
         await self._store.heartbeat(self._runner)
         self._tasks = [
             spawn(self._handover.beat()),
             spawn(self._follow_changes()),
             spawn(self._every(min(60.0, self._retention_s / 4), self.expire)),
-            spawn(self._every(HEARTBEAT_S, self._count)),
+            spawn(self._every(args.jobs_heartbeat_s, self._count)),
         ]
         if key := webhook_secret():
             sender = WebhookSender(key, OutboundPolicy(tuple(args.url_allowlist)), args.webhook_timeout_s)

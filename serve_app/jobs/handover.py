@@ -1,12 +1,13 @@
 """How Jobs replicas that share a store pass jobs between them, none special.
 
-- Each replica beats in the store (by the database's clock) every HEARTBEAT_S.
+- Each replica beats in the store (by the database's clock) every `heartbeat_s` (the app argument
+  `jobs_heartbeat_s`).
 - A job is held by the replica that dispatched it, and by no other: claims are compare-and-sets.
 - A replica that stops on purpose (a rolling update, a scale-down) releases the jobs it holds that
   have not started, stops following them, and follows those running to their end, beating all
   the while; a job whose start raced with its release is stopped at its first step.
 - Every live replica adopts, with a compare-and-set, the jobs nobody holds: released ones at once,
-  and those of a replica silent for SILENT_S. An adopted queued job is dispatched; an adopted
+  and those of a replica silent for `silent_s` (`jobs_silent_s`). An adopted queued job is dispatched; an adopted
   running one lost its generation with its replica and fails as `interrupted`.
 """
 
@@ -19,9 +20,6 @@ from serve_app.messages import JobError
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_S = 2.0
-# A replica not heard of for this long is gone: its jobs are adopted.
-SILENT_S = 10.0
 INTERRUPTED = JobError(
     code="interrupted",
     message="The jobs replica following this job stopped while it ran (a crash); submit it again.",
@@ -29,15 +27,19 @@ INTERRUPTED = JobError(
 
 
 class Handover:
-    def __init__(self, store: JobStore, dispatcher: Dispatcher, runner: str) -> None:
+    def __init__(
+        self, store: JobStore, dispatcher: Dispatcher, runner: str, heartbeat_s: float, silent_s: float
+    ) -> None:
         self._store = store
+        self.heartbeat_s = heartbeat_s
+        self._silent_s = silent_s
         self._dispatcher = dispatcher
         self._runner = runner
         self._adopting = asyncio.Lock()
         self.stopping = False
 
     async def beat(self) -> None:
-        """Every HEARTBEAT_S until cancelled: beat (a stopping replica too, while it follows its
+        """Every `heartbeat_s` until cancelled: beat (a stopping replica too, while it follows its
         running jobs to their end), and adopt what nobody holds (a stopping replica does not)."""
         while True:
             try:
@@ -45,14 +47,14 @@ class Handover:
                 await self.adopt()
             except Exception:
                 logger.exception("heartbeat failed; trying again")
-            await asyncio.sleep(HEARTBEAT_S)
+            await asyncio.sleep(self.heartbeat_s)
 
     async def adopt(self) -> None:
         """Claim the jobs nobody holds (released, or their replica silent) and take them on."""
         if self.stopping:
             return
         async with self._adopting:
-            for orphan in await self._store.adopt(self._runner, SILENT_S):
+            for orphan in await self._store.adopt(self._runner, self._silent_s):
                 if orphan.status == "queued":
                     logger.info("job %s: adopted, dispatching", orphan.job_id)
                     await self._dispatcher.dispatch(orphan.job_id)

@@ -5,8 +5,6 @@ import pytest
 from support.media import png_bytes, probe_mp4
 from support.service import API_KEYS
 
-from serve_app.api.openai_form import frames_for, nearest_size
-
 # Our own fields ride along as extra form fields; small enough for a CPU.
 FAST = {"num_inference_steps": 2, "seed": 11}
 
@@ -101,19 +99,8 @@ def test_a_400_and_a_401_raise_the_sdks_exceptions_with_our_messages(sdk, servic
     assert denied.value.code == "unauthorized" and "Invalid API key." in denied.value.message
 
 
-@pytest.mark.parametrize(
-    ("size", "expected"),
-    [("1280x720", (1280, 704)), ("720x1280", (704, 1280)), ("1792x1024", (1792, 1024)), ("100x49", (96, 64))],
-)
-def test_nearest_size(size, expected):
-    assert nearest_size(size) == expected
 
 
-@pytest.mark.parametrize(
-    ("seconds", "fps", "frames"), [("4", 24, 97), ("5", 24, 121), ("2", 16, 33), ("0.5", 24, 25), ("3.4", 30, 101)]
-)
-def test_frames_for_a_duration(seconds, fps, frames):
-    assert frames_for(seconds, fps) == frames
 
 
 @pytest.mark.parametrize(

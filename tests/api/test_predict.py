@@ -51,13 +51,9 @@ def test_defaults_are_the_guides_and_the_negative_prompt_is_the_authors(client):
     assert details["negative_prompt"] == ""
 
 
-def test_same_seed_same_bytes_and_a_drawn_seed_reproduces(client):
-    first, _ = predict(client, seed=1234, **SMALL)
-    again, _ = predict(client, seed=1234, **SMALL)
-    other, _ = predict(client, seed=1235, **SMALL)
-    assert first == again
-    assert first != other
-
+def test_a_drawn_seed_is_reported_and_reproduces(client):
+    # Same seed, same bytes, is the pipeline's (tests/engine/test_pipeline.py); here: the seed
+    # drawn for a request without one is the one that made its video.
     drawn, details = predict(client, **SMALL)
     replay, _ = predict(client, seed=details["seed"], **SMALL)
     assert drawn == replay

@@ -1,6 +1,6 @@
 """Autoscaling on queue depth, one replica per GPU, proven on a multi-node local Ray cluster: a
 head without GPU and two worker nodes that declare one GPU each (Ray's accounting places the
-replicas; the tiny model runs on the CPU). The scenario is the autoscaling benchmark's, in a
+replicas; the generators are the capacity simulator's). The scenario is the autoscaling benchmark's, in a
 process of its own since it starts its own cluster."""
 
 import json

@@ -1,77 +1,141 @@
-"""GPU faults inside a generator replica. A CPU cannot run out of GPU memory or corrupt a CUDA
-context, so the tiny pipeline's transformer raises what CUDA would; the rest is the real
-generator: its stream, its recovery and its health check."""
+"""GPU faults inside a generator replica: the real Generator (its stream, its recovery, its health
+check) around one-behaviour runners that raise what CUDA would, since a CPU cannot run out of GPU
+memory or corrupt a CUDA context. (The real pipeline raising through it is tested in
+test_pipeline's cancel and timeout tests.)"""
 
 import asyncio
+import threading
+from collections.abc import Callable
 
 import pytest
 import torch
 from support.service import SMALL
 
 from serve_app.config import AppArgs
+from serve_app.engine.errors import GenerationCancelled
 from serve_app.engine.generator import Generator
-from serve_app.messages import DEFAULT_NEGATIVE_PROMPT, GenerationFailure, GenerationRequest, GenerationResult
-
-# The tiny pipeline runs here: seconds a test, not part of `make test-fast`.
-pytestmark = pytest.mark.model
+from serve_app.messages import (
+    DEFAULT_NEGATIVE_PROMPT,
+    GenerationFailure,
+    GenerationRequest,
+    GenerationResult,
+    Progress,
+    StageTimings,
+)
 
 REQUEST = GenerationRequest(
     prompt="a lantern", negative_prompt=DEFAULT_NEGATIVE_PROMPT, guidance_scale=5.0, fps=24, seed=1, **SMALL
 )
+RESULT = GenerationResult(
+    video_mp4=b"video", thumbnail_jpeg=b"thumbnail", model="fake",
+    timings=StageTimings(text_encoding_s=0, denoising_s=0, decoding_s=0, encoding_s=0),
+)  # fmt: skip
 
 
-@pytest.fixture
-def generator(tmp_path_factory) -> Generator:
-    return Generator(AppArgs(model="tiny", device="cpu", cache_dir=tmp_path_factory.getbasetemp() / "faults-cache"))
+class FakeRunner:
+    """A `Runner` whose run() does `behaviour` once, then succeeds; `on_gpu` as a GPU replica's."""
+
+    on_gpu = True
+    description = {"model": "fake"}
+    capacity = None
+
+    def __init__(self, behaviour: Callable[[threading.Event], None] = lambda _: None) -> None:
+        self._behaviour = behaviour
+        self.runs = 0
+
+    def warm_up(self, size: str) -> None:
+        pass
+
+    def run(self, request: GenerationRequest, report: Callable[[Progress], None], cancel: threading.Event):
+        self.runs += 1
+        if self.runs == 1:
+            self._behaviour(cancel)
+        report(Progress(step=1, total=1))
+        return RESULT
+
+
+def raising(error: Exception) -> Callable[[threading.Event], None]:
+    def behaviour(_: threading.Event) -> None:
+        raise error
+
+    return behaviour
+
+
+def until_cancelled(cancel: threading.Event) -> None:
+    """What the pipeline does when `cancel` is set: stop at the end of the step."""
+    assert cancel.wait(30), "never cancelled"
+    raise GenerationCancelled
 
 
 def outcome(generator: Generator):
     async def last():
-        events = [event async for event in generator.generate(REQUEST)]
-        return events[-1]
+        return [event async for event in generator.generate(REQUEST)][-1]
 
     return asyncio.run(last())
 
 
-def raising(error: Exception):
-    def forward(*args, **kwargs):
-        raise error
+@pytest.fixture(autouse=True)
+def no_cuda(monkeypatch):
+    # No GPU here: the generator's GPU calls (emptying the cache, checking the device) are the
+    # real thing's only where a GPU is.
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
 
-    return forward
 
-
-def test_out_of_memory_fails_the_job_with_advice_and_the_replica_carries_on(generator, monkeypatch):
-    transformer = generator.runner.model.t2v.transformer
-    monkeypatch.setattr(transformer, "forward", raising(torch.OutOfMemoryError("CUDA out of memory.")))
-    failure = outcome(generator)
-    assert failure == GenerationFailure(
+def test_out_of_memory_fails_the_job_with_advice_and_the_replica_carries_on():
+    out_of_memory = torch.OutOfMemoryError("CUDA out of memory.")
+    generator = Generator(AppArgs(model="simulated"), FakeRunner(raising(out_of_memory)))
+    assert outcome(generator) == GenerationFailure(
         code="gpu_out_of_memory",
         message="The GPU ran out of memory for 64x64 with 25 frames. Try a smaller size or fewer frames.",
     )
     generator.check_health()
-    monkeypatch.undo()
-    assert isinstance(outcome(generator), GenerationResult)
+    assert outcome(generator) == RESULT
 
 
-def test_a_cuda_error_makes_the_health_check_fail(generator, monkeypatch):
-    transformer = generator.runner.model.t2v.transformer
-    monkeypatch.setattr(transformer, "forward", raising(RuntimeError("CUDA error: an illegal memory access")))
+def test_a_cuda_error_makes_the_health_check_fail():
+    error = RuntimeError("CUDA error: an illegal memory access")
+    generator = Generator(AppArgs(model="simulated"), FakeRunner(raising(error)))
     with pytest.raises(RuntimeError, match="illegal memory access"):
         outcome(generator)
     with pytest.raises(RuntimeError, match="CUDA error in an earlier job"):
         generator.check_health()
 
 
-def test_a_generation_past_its_deadline_fails_as_timeout_and_the_replica_takes_the_next(tmp_path_factory):
-    generator = Generator(
-        AppArgs(model="tiny", device="cpu", cache_dir=tmp_path_factory.getbasetemp() / "faults-cache",
-                max_generation_s=0.5)
-    )  # fmt: skip
-    slow = REQUEST.model_copy(update={"num_inference_steps": 400, "width": 256, "height": 256})
+def test_another_error_fails_the_job_but_not_the_replica():
+    generator = Generator(AppArgs(model="simulated"), FakeRunner(raising(RuntimeError("a bug"))))
+    with pytest.raises(RuntimeError, match="a bug"):
+        outcome(generator)
+    generator.check_health()
 
-    async def last(request):
-        return [event async for event in generator.generate(request)][-1]
 
-    failure = asyncio.run(last(slow))
-    assert failure.code == "timeout" and "limit of 0.5 s" in failure.message
-    assert isinstance(asyncio.run(last(REQUEST)), GenerationResult)
+def test_a_lost_gpu_makes_the_health_check_fail(monkeypatch):
+    generator = Generator(AppArgs(model="simulated"), FakeRunner())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="GPU is gone"):
+        generator.check_health()
+
+
+def test_a_generation_past_its_deadline_fails_as_timeout_and_the_replica_takes_the_next():
+    generator = Generator(AppArgs(model="simulated", max_generation_s=0.2), FakeRunner(until_cancelled))
+    failure = outcome(generator)
+    assert failure.code == "timeout" and "limit of 0.2 s" in failure.message
+    assert outcome(generator) == RESULT
+
+
+def test_a_cancelled_call_stops_the_runner_and_ends_once_the_worker_is_free():
+    runner = FakeRunner(until_cancelled)
+    generator = Generator(AppArgs(model="simulated"), runner)
+
+    async def cancel_after_start():
+        stream = generator.generate(REQUEST)
+        await anext(stream)  # Started: the run begins
+        task = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The worker is free again: the next generation runs at once.
+        return [event async for event in generator.generate(REQUEST)][-1]
+
+    assert asyncio.run(cancel_after_start()) == RESULT and runner.runs == 2

@@ -3,7 +3,6 @@ generator it makes (time, progress, cancel, a real placeholder MP4), its labels 
 and the capacity simulation on a multi-node cluster of simulated GPUs."""
 
 import asyncio
-import copy
 import subprocess
 import sys
 import threading
@@ -15,7 +14,6 @@ from support.media import probe_mp4
 from support.service import API_KEYS, NO_LOAD_TEST_FAILURES, ROOT
 
 from loadtests.report import GUIDE_L40_S
-from serve_app.benchmark.local_cluster import deploy_config
 from serve_app.config import AppArgs
 from serve_app.engine.errors import GenerationCancelled
 from serve_app.engine.generator import Generator
@@ -71,26 +69,16 @@ def test_a_cancelled_simulated_job_stops_at_once():
 
 
 @pytest.fixture
-def simulated_app(service_config, tmp_path) -> str:
-    """A second app, `model: simulated` under /sim, beside the test service; removed after."""
-    config = copy.deepcopy(service_config)
-    app = copy.deepcopy(config["applications"][0])
-    app.update(name="sim", route_prefix="/sim")
-    app["args"] = {"model": "simulated", "simulated_time_scale": 0.001, "device": "cpu", "data_dir": str(tmp_path)}
-    for deployment in app["deployments"]:
-        deployment["ray_actor_options"] = {"num_cpus": 0, "num_gpus": 0}
-    config["applications"].append(app)
-    yield deploy_config(config) + "/sim"
-    deploy_config(service_config)
+def simulator(apps, tmp_path):
+    """An app of its own, `model: simulated` at 0.001 of an L40's time, with no cap on the size."""
+    yield apps.deploy(apps.simulated("simulator", tmp_path, simulated_time_scale=0.001, max_video_pixels=None))
+    apps.remove("simulator")
 
 
-def test_a_deployed_simulator_says_so_in_its_status_and_in_every_job(service, simulated_app):
-    deadline = time.monotonic() + 120
-    while (ready := httpx.get(f"{simulated_app}/readyz")).status_code != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+def test_a_deployed_simulator_says_so_in_its_status_and_in_every_job(simulator):
+    ready = httpx.get(f"{simulator}/readyz")
     assert ready.json() == {"status": "ready", "generator_replicas": 1}
-    api = httpx.Client(base_url=simulated_app, headers={"Authorization": f"Bearer {API_KEYS[0]}"}, timeout=60)
+    api = httpx.Client(base_url=simulator, headers={"Authorization": f"Bearer {API_KEYS[0]}"}, timeout=60)
     assert api.get("/v1/status").json() == {"model": "simulated", "generator_replicas": 1, "generators": {}}
     body = {"prompt": "a lantern", "width": 1280, "height": 704, "num_frames": 121, "num_inference_steps": 30}
     predicted = api.post("/predict", json=body)
@@ -108,15 +96,15 @@ def test_a_deployed_simulator_says_so_in_its_status_and_in_every_job(service, si
 @pytest.mark.e2e
 def test_the_capacity_simulation_scales_out_and_compares_the_queue_with_mmc(tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "loadtests.simulate", "--gpu-nodes", "2", "--time-scale", "0.005",
-         "--utilisation", "0.7", "--run-time", "70s", "--users", "2", "--out", str(tmp_path)],
+        [sys.executable, "-m", "loadtests.simulate", "--gpu-nodes", "2", "--time-scale", "0.003",
+         "--utilisation", "0.7", "--run-time", "35s", "--users", "2", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
     assert "**capacity simulator** (L40: 20 s + 7.2 s per step at 1280x704x121)" in report
     assert "open loop at" in report and "generator replicas seen: 1, 2" in report
-    assert "| 30 |" in report and "guide (L40) x 0.005" in report
+    assert "| 30 |" in report and "guide (L40) x 0.003" in report
     theory = report.split("## Queue wait against queueing theory")[1]
     assert "replicas were running" in theory and "| mean |" in theory and "M/M/c" in theory
     assert NO_LOAD_TEST_FAILURES in report

@@ -1,15 +1,22 @@
 """Backpressure: past the per-key limit a submission gets 429, past the queue bound 503, both
-with Retry-After, before any work is done for it and without leaving a job behind."""
+with Retry-After, before any work is done for it and without leaving a job behind. On an
+application of its own (`simulated_app`), whose queue these tests fill."""
 
-import conftest
 import httpx
 import pytest
+from support.image_server import REQUESTED
 from support.service import API_KEYS, SLOW, SMALL, TEST_ARGS, submit, wait_for
 
 
 @pytest.fixture
-def other(service):
-    with httpx.Client(base_url=service, headers={"Authorization": f"Bearer {API_KEYS[1]}"}, timeout=60) as http:
+def client(simulated_app):
+    return simulated_app.client
+
+
+@pytest.fixture
+def other(simulated_app):
+    headers = {"Authorization": f"Bearer {API_KEYS[1]}"}
+    with httpx.Client(base_url=simulated_app.url, headers=headers, timeout=60) as http:
         yield http
 
 
@@ -26,7 +33,7 @@ def test_a_key_over_its_limit_gets_429_and_others_are_served(client, other, imag
     limit = TEST_ARGS["max_jobs_per_key"]
     mine = [submit(client, **SLOW)["id"] for _ in range(limit)]
     try:
-        before, fetched = listed(client), len(conftest._ImageHandler.requested)
+        before, fetched = listed(client), len(REQUESTED)
         refused = client.post(
             "/v1/videos", json={"prompt": "one too many", "image_url": f"{image_server}/cat.png", **SMALL}
         )
@@ -35,7 +42,7 @@ def test_a_key_over_its_limit_gets_429_and_others_are_served(client, other, imag
         assert f"already has {limit} jobs" in refused.json()["error"]["message"]
         assert int(refused.headers["retry-after"]) >= 1
         # No trace: no job, and the image was never fetched.
-        assert listed(client) == before and len(conftest._ImageHandler.requested) == fetched
+        assert listed(client) == before and len(REQUESTED) == fetched
         assert client.post("/predict", json={"prompt": "sync too", **SMALL}).status_code == 429
         # Another key still gets in.
         theirs = submit(other, **SMALL)

@@ -103,7 +103,8 @@ def test_range_requests_let_a_player_seek(client):
     assert beyond.json()["error"]["code"] == "range_not_satisfiable"
 
 
-def test_cancel_a_queued_job_and_a_running_one(client):
+def test_cancel_a_queued_job_and_a_running_one(simulated_app):
+    client = simulated_app.client
     running = submit(client, **SLOW)
     wait_for(client, running["id"], until=lambda j: j["progress"] > 0)
     queued = submit(client, **SMALL)
@@ -118,7 +119,7 @@ def test_cancel_a_queued_job_and_a_running_one(client):
     stopped_at = time.monotonic()
     stopped = client.post(f"/v1/videos/{running['id']}/cancel").json()
     assert stopped["status"] == "cancelled" and stopped["progress"] < 99
-    # The running job had seconds of denoising and decoding left: the next one starting right
+    # The running job had seconds of steps and decoding left: the next one starting right
     # away shows that its replica stopped at the end of the step.
     wait_for(client, after["id"], until=lambda j: j["status"] != "queued")
     assert time.monotonic() - stopped_at < 3
@@ -133,7 +134,9 @@ def test_cancel_a_queued_job_and_a_running_one(client):
     assert client.post(f"/v1/videos/{after['id']}/cancel").json()["status"] == "completed"
 
 
-def test_a_client_that_leaves_predict_cancels_its_job(client):
+def test_a_client_that_leaves_predict_cancels_its_job(simulated_app):
+    client = simulated_app.client
+
     def impatient() -> None:
         with pytest.raises(httpx.ReadTimeout):
             client.post("/predict", json={"prompt": "impatient", **SLOW}, timeout=3)

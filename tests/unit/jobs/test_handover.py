@@ -9,13 +9,15 @@ import time
 
 import pytest
 from support.fakes import FakeGenerator, start_jobs
+from support.polling import apoll
 from support.postgres import STORES, fresh_database
 
 from serve_app.config import AppArgs
-from serve_app.jobs import handover
 from serve_app.messages import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, Job, Submission, VideoDetails
 
 OWNER = "key-a"
+# A replica silent for 0.5 s is taken for dead.
+FAST_HANDOVER = {"jobs_heartbeat_s": 0.1, "jobs_silent_s": 0.5}
 
 
 @pytest.fixture(params=STORES)
@@ -43,6 +45,10 @@ async def finished(jobs, job: Job) -> Job:
 
 async def status_of(jobs, job: Job) -> str:
     return (await jobs.get(OWNER, job.id)).status
+
+
+async def running_on(jobs, job: Job) -> bool:
+    return await status_of(jobs, job) == "in_progress"
 
 
 def crash(jobs) -> None:
@@ -77,12 +83,10 @@ def test_a_cancel_through_the_other_replica_stops_the_generation_within_a_step(a
         generator = FakeGenerator(step_s=0.05)
         runner, other = await start_jobs(generator, args), await start_jobs(generator, args)
         job = await runner.submit(submission("long", steps=400))
-        while await status_of(other, job) != "in_progress":
-            await asyncio.sleep(0.01)
+        await apoll(lambda: running_on(other, job), what="the job starting")
         cancelled_at = time.monotonic()
         cancelled = await other.cancel(OWNER, job.id)
-        while not generator.stopped:
-            await asyncio.sleep(0.01)
+        await apoll(lambda: generator.stopped, what="the generation stopping")
         stopped_after = time.monotonic() - cancelled_at
         for jobs in (runner, other):
             await jobs.__del__()
@@ -94,17 +98,15 @@ def test_a_cancel_through_the_other_replica_stops_the_generation_within_a_step(a
     assert stopped_after < 1.0
 
 
-def test_a_dead_replicas_queued_jobs_are_adopted_and_its_running_job_fails_clearly(args, monkeypatch):
-    monkeypatch.setattr(handover, "SILENT_S", 0.5)
-    monkeypatch.setattr(handover, "HEARTBEAT_S", 0.1)
+def test_a_dead_replicas_queued_jobs_are_adopted_and_its_running_job_fails_clearly(args):
+    args = args.model_copy(update=FAST_HANDOVER)
 
     async def scenario():
         generator = FakeGenerator(step_s=0.05)
         dying = await start_jobs(generator, args)
         running = await dying.submit(submission("running", steps=400))
         queued = [await dying.submit(submission(f"queued {i}")) for i in range(2)]
-        while await status_of(dying, running) != "in_progress":
-            await asyncio.sleep(0.01)
+        await apoll(lambda: running_on(dying, running), what="the job starting")
         crash(dying)
         survivor = await start_jobs(generator, args)
         done = [await finished(survivor, job) for job in (running, *queued)]
@@ -117,26 +119,27 @@ def test_a_dead_replicas_queued_jobs_are_adopted_and_its_running_job_fails_clear
     assert generator.started == {"running": 1, "queued 0": 1, "queued 1": 1}
 
 
-def test_a_rolling_update_hands_over_queued_jobs_and_finishes_running_ones_each_once(args, monkeypatch):
+def test_a_rolling_update_hands_over_queued_jobs_and_finishes_running_ones_each_once(args):
     # A running job that outlasts the silence after which a replica counts as dead: the stopping
     # replica beats on while it follows it.
-    monkeypatch.setattr(handover, "SILENT_S", 0.5)
-    monkeypatch.setattr(handover, "HEARTBEAT_S", 0.1)
+    args = args.model_copy(update=FAST_HANDOVER)
 
     async def scenario():
         generator = FakeGenerator(step_s=0.05)
         old = await start_jobs(generator, args)
         running = await old.submit(submission("running", steps=30))
         queued = [await old.submit(submission(f"queued {i}")) for i in range(3)]
-        while await status_of(old, running) != "in_progress":
-            await asyncio.sleep(0.01)
+        await apoll(lambda: running_on(old, running), what="the job starting")
         new = await start_jobs(generator, args)
         stopping = asyncio.create_task(old.__del__())  # Serve's graceful shutdown of the old replica
         seen = set()
-        while not stopping.done() or any([await status_of(new, job) != "completed" for job in queued]):
+
+        async def all_done() -> bool:
             # While it runs, the old replica's job says so, through either replica.
             seen.add((await status_of(new, running), await status_of(new, queued[0])))
-            await asyncio.sleep(0.02)
+            return stopping.done() and all([await status_of(new, job) == "completed" for job in queued])
+
+        await apoll(all_done, every_s=0.02, what="the handover")
         done = [await finished(new, job) for job in (running, *queued)]
         await new.__del__()
         return generator, seen, done
@@ -172,10 +175,15 @@ def test_a_thousand_watchers_cost_no_database_work_while_no_job_changes(args):
         job = await jobs.submit(submission("waits"))
         idle = await queries_in(jobs, 1.0)
         watchers = [asyncio.create_task(jobs.watch(OWNER, job.id, job, timeout_s=60)) for _ in range(1000)]
-        while await jobs.watchers() < 1000:
-            await asyncio.sleep(0.05)
-        while await queries_in(jobs, 1.0) > 20:  # each reads its job once when it begins
-            pass
+
+        async def all_watching() -> bool:
+            return await jobs.watchers() >= 1000
+
+        async def settled() -> bool:  # each watcher reads its job once when it begins
+            return await queries_in(jobs, 1.0) <= 20
+
+        await apoll(all_watching, every_s=0.05, what="1000 watchers")
+        await apoll(settled, every_s=0, what="the watchers settling")
         watched = await queries_in(jobs, 1.0)
         await jobs.cancel(OWNER, job.id)
         woken = await asyncio.gather(*watchers)

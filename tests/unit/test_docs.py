@@ -33,7 +33,7 @@ def test_the_arguments_table_is_generated_from_app_args():
     expected = replace_between(document, ARGS_START, ARGS_END, arguments_table())
     if os.environ.get("UPDATE_DOCS"):
         page.write_text(expected)
-    assert document == expected, "docs/configuration.md is out of date: UPDATE_DOCS=1 pytest tests/test_docs.py"
+    assert document == expected, "docs/configuration.md is out of date: UPDATE_DOCS=1 pytest tests/unit/test_docs.py"
 
 
 def test_no_page_points_outside_the_repository():

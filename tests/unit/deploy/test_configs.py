@@ -15,7 +15,7 @@ from support.configs import unknown_keys
 from serve_app.config import AppArgs
 from serve_app.deployments import GENERATOR, GENERATOR_MAX_ONGOING_REQUESTS, INGRESS, JOBS
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CONFIGS = ["serve_config.yaml", "serve_config.local.yaml"]
 
 
