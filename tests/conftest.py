@@ -42,6 +42,7 @@ def ray_cluster() -> Iterator[None]:
     os.environ.pop("WAN_DATABASE_URL", None)
     os.environ["WAN_WEBHOOK_SECRET"] = WEBHOOK_SECRET
     ray.init(
+        address="local",  # a cluster of its own, never one another process started here
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,

@@ -4,7 +4,7 @@
 
 A head node with no GPU and `--gpu-nodes` worker nodes that each declare one GPU (Ray's
 accounting is what places replicas). The generators are the capacity simulator's (`model:
-simulated`): each job takes 1 % of the time an L40 would, about 2.4 s, and no CPU, so that what is
+simulated`): each job takes 2 % of the time an L40 would, about 5 s, and no CPU, so that what is
 measured is Serve's scaling, not this machine's speed. The
 generator deployment scales from zero, up to one replica per GPU, with one replica more allowed
 than there are GPUs, to show that it is never placed without one, and back to zero when idle.
@@ -24,7 +24,7 @@ from serve_app.benchmark.local_cluster import cluster_config, free_port, generat
 KEY = "autoscaling-bench-key"
 # 236 s on an L40 by the simulator's latency model; TIME_SCALE of that here.
 JOB = {"prompt": "a windmill", "height": 704, "width": 1280, "num_frames": 121, "num_inference_steps": 30}
-TIME_SCALE = 0.01
+TIME_SCALE = 0.02
 AUTOSCALING = {
     "min_replicas": 0,
     "initial_replicas": 0,

@@ -76,13 +76,9 @@ def serve_on_gpu_cluster(gpu_nodes: int, config: dict, api_key: str) -> Iterator
     from ray.cluster_utils import Cluster
 
     os.environ["WAN_API_KEYS"] = api_key  # inherited by the nodes' processes
-    # Every node on the loopback address: nothing of the cluster listens on another interface.
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False, "node_ip_address": LOOPBACK},
-    )
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False})
     for _ in range(gpu_nodes):
-        cluster.add_node(num_cpus=2, num_gpus=1, node_ip_address=LOOPBACK)
+        cluster.add_node(num_cpus=2, num_gpus=1)
     ray.init(address=cluster.address, log_to_driver=False)
     try:
         yield deploy_config(config, ready_within_s=None)

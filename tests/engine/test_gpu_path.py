@@ -27,8 +27,8 @@ BF16 = PipelineOptions(dtype="bfloat16")
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("gpu-path-cache")
+def cache(tiny_cache):
+    return tiny_cache  # the run's one tiny checkpoint
 
 
 def parameter_dtypes(module: torch.nn.Module) -> dict[str, torch.dtype]:

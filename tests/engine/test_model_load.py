@@ -19,8 +19,8 @@ pytestmark = pytest.mark.model
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return ensure_tiny_checkpoint(tmp_path_factory.mktemp("cache"))
+def tiny_dir(tiny_cache):
+    return ensure_tiny_checkpoint(tiny_cache)
 
 
 def test_tiny_has_the_real_layout_and_loads_through_from_pretrained(tiny_dir):

@@ -94,6 +94,7 @@ def test_a_deployed_simulator_says_so_in_its_status_and_in_every_job(simulator):
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(330)  # a cluster of its own; the subprocess has 300 s
 def test_the_capacity_simulation_scales_out_and_compares_the_queue_with_mmc(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "loadtests.simulate", "--gpu-nodes", "2", "--time-scale", "0.003",

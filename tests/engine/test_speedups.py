@@ -27,8 +27,8 @@ SAME = {"rtol": 1e-4, "atol": 1e-4}
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("speedups-cache")
+def cache(tiny_cache):
+    return tiny_cache  # the run's one tiny checkpoint
 
 
 def generation(steps: int = 3, width: int = 64, image: bytes | None = None, **fields) -> GenerationRequest:
