@@ -3,6 +3,7 @@ Generator replica and receives back (a request; then `Started`, `Progress`, and 
 failure), and what the Ingress receives from Jobs (the job object, which is also the jobs API's
 resource, a page of jobs, a refusal)."""
 
+from enum import StrEnum
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -140,8 +141,19 @@ class VideoDetails(GenerationParameters):
     timings: JobTimings | None = None
 
 
-JobStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
-TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+class JobStatus(StrEnum):
+    """A job's status; its values are the API's strings."""
+
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """A final status: the job changes no more."""
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 class JobError(BaseModel):
@@ -171,7 +183,7 @@ class Job(BaseModel):
 
     @property
     def finished(self) -> bool:
-        return self.status in TERMINAL
+        return self.status.is_terminal
 
 
 class Refusal(BaseModel):

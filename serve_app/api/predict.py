@@ -15,6 +15,7 @@ from serve_app.api.protocol import VIDEO_REQUEST_BODY, PredictResponse, error_re
 from serve_app.api.submission import follow_job, submit_job
 from serve_app.common.storage import VIDEO
 from serve_app.common.tasks import spawn
+from serve_app.messages import JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +49,17 @@ async def predict(request: Request, state: State, owner: Owner) -> PredictRespon
         logger.info("request %s: client disconnected, cancelling job %s", request_id_of(request), job.id)
         _cancel_detached(state, owner, job.id)
         raise
-    if job.status == "completed":
+    if job.status == JobStatus.COMPLETED:
         video = await asyncio.to_thread(state.storage.read, job.id, VIDEO)
         return PredictResponse(video_base64=base64.b64encode(video).decode("ascii"), details=job.details)
     request_id = request_id_of(request)
-    if job.status == "failed" and job.error.code in CALLER_ERRORS:
+    if job.status == JobStatus.FAILED and job.error.code in CALLER_ERRORS:
         raise InvalidRequest(job.error.message, code=job.error.code)
-    if job.status == "failed":
+    if job.status == JobStatus.FAILED:
         logger.error("request %s: job %s failed: %s", request_id, job.id, job.error.message)
         raise GenerationFailed(f"{job.error.message} (request id {request_id}, job id {job.id})", code=job.error.code)
     raise Conflict(
-        f"Job {job.id} was {job.status if job.finished else 'deleted'} before it completed.", code="cancelled"
+        f"Job {job.id} was {job.status if job.finished else 'deleted'} before it completed.", code=JobStatus.CANCELLED
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from serve_app.messages import Job, JobList
+from serve_app.messages import Job, JobList, JobStatus
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 _RETRIED = {429, 503}
@@ -117,7 +117,7 @@ class WanClient:
     ) -> tuple[Job, bytes]:
         """Submit, wait, download: the finished job and its MP4. Raises WanError if it failed."""
         job = self.wait(self.submit(prompt, **params).id, on_progress)
-        if job.status != "completed":
+        if job.status != JobStatus.COMPLETED:
             message = job.error.message if job.error else f"the job was {job.status}"
             raise WanError(message, code=job.error.code if job.error else job.status)
         return job, self.download(job.id)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from serve_app.client.api import WanClient, WanError
-from serve_app.messages import Job
+from serve_app.messages import Job, JobStatus
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +80,7 @@ def _generate(client: WanClient, args: argparse.Namespace) -> int:
         print(f"\ncancelled job {job.id}", file=sys.stderr)
         return 130
     bar.end()
-    if job.status != "completed":
+    if job.status != JobStatus.COMPLETED:
         reason = job.error.message if job.error else f"the job was {job.status}"
         print(f"error: {reason}", file=sys.stderr)
         return 1
@@ -106,10 +106,10 @@ class ProgressBar:
         self._started: float | None = None
 
     def show(self, job: Job) -> None:
-        if job.status == "queued":
+        if job.status == JobStatus.QUEUED:
             line = f"queued, position {job.queue_position}"
         else:
-            if self._started is None and job.status == "in_progress":
+            if self._started is None and job.status == JobStatus.IN_PROGRESS:
                 self._started = time.monotonic()
             filled = self._width * job.progress // 100
             line = f"[{'#' * filled}{'-' * (self._width - filled)}] {job.progress:3d}%  {job.status}"

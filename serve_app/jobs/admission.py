@@ -7,7 +7,7 @@ from collections import deque
 
 from serve_app.capacity import Capacity
 from serve_app.jobs.store import JobStore
-from serve_app.messages import Refusal, VideoShape
+from serve_app.messages import JobStatus, Refusal, VideoShape
 
 
 class Admission:
@@ -37,9 +37,9 @@ class Admission:
         if shape is not None and self.capacity is not None and (reason := shape.refusal(self.capacity)):
             return Refusal(status=400, code="video_too_large", message=reason)
         run_s = sum(self._recent_run_s) / len(self._recent_run_s)
-        queued = await self._store.count("queued")
+        queued = await self._store.count(JobStatus.QUEUED)
         if queued >= self._max_queued:
-            running = max(1, await self._store.count("in_progress"))
+            running = max(1, await self._store.count(JobStatus.IN_PROGRESS))
             wait = run_s * (queued - self._max_queued + 1) / running
             return Refusal(
                 status=503,
@@ -47,7 +47,7 @@ class Admission:
                 message=f"The queue is full ({queued} jobs waiting). Retry later.",
                 retry_after_s=_bounded(wait),
             )
-        active = await self._store.count("queued", owner) + await self._store.count("in_progress", owner)
+        active = sum([await self._store.count(status, owner) for status in (JobStatus.QUEUED, JobStatus.IN_PROGRESS)])
         if active >= self._max_per_key:
             return Refusal(
                 status=429,

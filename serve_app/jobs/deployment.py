@@ -29,7 +29,7 @@ from serve_app.jobs.handover import HEARTBEAT_S, Handover
 from serve_app.jobs.outbox import Outbox
 from serve_app.jobs.store import EVERY_JOB, DuplicateKey, NewJob, open_store
 from serve_app.jobs.webhooks import WebhookSender
-from serve_app.messages import Job, JobList, Refusal, Started, Submission, VideoShape
+from serve_app.messages import Job, JobList, JobStatus, Refusal, Started, Submission, VideoShape
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class Jobs:
         details = submission.details
         job = Job(
             id="video_" + secrets.token_hex(16),
-            status="queued",
+            status=JobStatus.QUEUED,
             created_at=int(time.time()),
             model=details.model or "",
             prompt=details.prompt,
@@ -210,7 +210,7 @@ class Jobs:
         job = await self.get(owner, job_id)
         if job is None or job.finished:
             return job
-        await self._dispatcher.finish(job.id, "cancelled")
+        await self._dispatcher.finish(job.id, JobStatus.CANCELLED)
         return await self.get(owner, job_id)
 
     async def delete(self, owner: str, job_id: str) -> bool:
@@ -269,7 +269,7 @@ class Jobs:
                 await asyncio.sleep(1.0)
 
     async def _count(self) -> None:
-        self._metrics.counts(await self._store.count("queued"), await self._store.count("in_progress"))
+        self._metrics.counts(await self._store.count(JobStatus.QUEUED), await self._store.count(JobStatus.IN_PROGRESS))
 
     async def _every(self, period_s: float, work) -> None:
         while True:
@@ -280,6 +280,6 @@ class Jobs:
                 logger.exception("periodic %s failed; trying again", getattr(work, "__name__", work))
 
     async def _view(self, job: Job) -> Job:
-        if job.status != "queued":
+        if job.status != JobStatus.QUEUED:
             return job
         return job.model_copy(update={"queue_position": await self._store.queue_position(job.id)})
