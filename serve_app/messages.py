@@ -9,6 +9,7 @@ from typing import Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.capacity import Capacity
+from serve_app.error_codes import ErrorCode
 
 # The Wan2.2 authors' default negative prompt (sample_neg_prompt of the Wan2.2 repo's shared
 # config). diffusers does not apply it, so we do when the request omits `negative_prompt`.
@@ -109,7 +110,7 @@ class Progress(BaseModel):
 class GenerationFailure(BaseModel):
     """The last message of a generator replica for a job that failed in a way the user can act on."""
 
-    code: str
+    code: ErrorCode
     message: str
 
 
@@ -157,7 +158,7 @@ class JobStatus(StrEnum):
 
 
 class JobError(BaseModel):
-    code: str
+    code: ErrorCode
     message: str
 
 
@@ -187,10 +188,10 @@ class Job(BaseModel):
 
 
 class Refusal(BaseModel):
-    """Why the jobs deployment did not queue a request; the ingress turns it into an HTTP error."""
+    """Why the jobs deployment did not queue a request; the ingress turns it into an HTTP error
+    (its status is the code's)."""
 
-    status: int
-    code: str
+    code: ErrorCode
     message: str
     param: str | None = None
     retry_after_s: int | None = None

@@ -11,10 +11,11 @@ from starlette.background import BackgroundTask
 from serve_app.api.auth import require_api_key
 from serve_app.api.dependencies import Owner, State
 from serve_app.api.downloads import file_response
-from serve_app.api.errors import Conflict, InvalidRequest, NotFound
+from serve_app.api.errors import InvalidRequest, NotFound, ServiceError
 from serve_app.api.protocol import VIDEO_REQUEST_BODY, ErrorResponse, JobDeleted, error_responses
 from serve_app.api.submission import follow_job, submit_job
 from serve_app.common.storage import THUMBNAIL, VIDEO
+from serve_app.error_codes import ErrorCode
 from serve_app.messages import Job, JobList, JobStatus
 
 _ERRORS = error_responses(
@@ -98,7 +99,9 @@ async def get_video_content(
     """The MP4 (`Range` requests work), or with `variant=thumbnail` the first frame as a JPEG."""
     job = await _job(state, owner, video_id)
     if job.status != JobStatus.COMPLETED:
-        raise Conflict(f"The job is {job.status}: its video exists once it has completed.", code="video_not_ready")
+        raise ServiceError(
+            f"The job is {job.status}: its video exists once it has completed.", code=ErrorCode.VIDEO_NOT_READY
+        )
     name, media_type = _VARIANTS[variant]
     return await file_response(state.storage, job.id, name, media_type, request.headers.get("range"))
 

@@ -23,6 +23,7 @@ from serve_app.common.outbound import OutboundPolicy
 from serve_app.common.storage import REFERENCE, ResultStorage
 from serve_app.common.tasks import spawn
 from serve_app.config import AppArgs, webhook_secret
+from serve_app.error_codes import ErrorCode
 from serve_app.jobs.admission import Admission
 from serve_app.jobs.dispatch import Dispatcher
 from serve_app.jobs.handover import HEARTBEAT_S, Handover
@@ -241,8 +242,7 @@ class Jobs:
         if earlier.request_hash == submission.request_hash:
             return await self._view(earlier.job)
         return Refusal(
-            status=409,
-            code="idempotency_conflict",
+            code=ErrorCode.IDEMPOTENCY_CONFLICT,
             message="This Idempotency-Key was already used with a different request body.",
             param="Idempotency-Key",
         )

@@ -18,6 +18,7 @@ from ray.exceptions import RayActorError
 from serve_app.common.metrics import JobMetrics
 from serve_app.common.storage import REFERENCE, THUMBNAIL, VIDEO, ResultStorage
 from serve_app.common.tasks import spawn
+from serve_app.error_codes import ErrorCode
 from serve_app.jobs.store import JobStore
 from serve_app.jobs.webhooks import event
 from serve_app.messages import (
@@ -214,13 +215,13 @@ class Dispatcher:
     async def _failed(self, job_id: str, exc: Exception) -> None:
         if isinstance(exc, RayActorError):
             error = JobError(
-                code="replica_died",
+                code=ErrorCode.REPLICA_DIED,
                 message="The generator replica running this job stopped (its process died). "
                 "The job is not retried: submit it again.",
             )
         else:
             error = JobError(
-                code="generation_failed",
+                code=ErrorCode.GENERATION_FAILED,
                 message=f"Generation failed; the server log has the details under job id {job_id}.",
             )
         logger.error("job %s: %s", job_id, error.message, exc_info=exc)

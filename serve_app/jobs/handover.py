@@ -13,6 +13,7 @@
 import asyncio
 import logging
 
+from serve_app.error_codes import ErrorCode
 from serve_app.jobs.dispatch import Dispatcher
 from serve_app.jobs.store import JobStore
 from serve_app.messages import JobError, JobStatus
@@ -23,7 +24,7 @@ HEARTBEAT_S = 2.0
 # A replica not heard of for this long is gone: its jobs are adopted.
 SILENT_S = 10.0
 INTERRUPTED = JobError(
-    code="interrupted",
+    code=ErrorCode.INTERRUPTED,
     message="The jobs replica following this job stopped while it ran (a crash); submit it again.",
 )
 

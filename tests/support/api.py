@@ -12,7 +12,7 @@ from serve_app.api.slots import stream_slots, submission_slots
 from serve_app.common.outbound import OutboundPolicy
 from serve_app.common.storage import ResultStorage
 from serve_app.config import AppArgs
-from serve_app.messages import Job, JobList, Submission
+from serve_app.messages import Job, JobList, JobStatus, Submission
 
 KEY = "k"
 KEY_ID = ApiKeys([KEY]).identify(KEY)  # what the routes know the caller by
@@ -41,7 +41,9 @@ class FakeJobs:
         self.admit = Call(lambda *args: None)
         self.submit = Call(self._submit)
         self.get = Call(lambda owner, job_id: self._job)
-        self.watch = Call(lambda owner, job_id, seen, timeout_s: seen.model_copy(update={"status": "cancelled"}))
+        self.watch = Call(
+            lambda owner, job_id, seen, timeout_s: seen.model_copy(update={"status": JobStatus.CANCELLED})
+        )
         self.cancel = Call(lambda owner, job_id: self._job)
         self.delete = Call(lambda owner, job_id: self._job is not None)
         self.page = Call(self._page)
