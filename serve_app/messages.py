@@ -1,7 +1,8 @@
 """The messages between the deployments, as pydantic models: what the Jobs deployment sends a
 Generator replica and receives back (a request; then `Started`, `Progress`, and a result or a
-failure), and what the Ingress receives from Jobs (the job object, which is also the jobs API's
-resource, a page of jobs, a refusal)."""
+failure), and what the Ingress receives from Jobs (a job's state, a page of jobs, a refusal).
+The HTTP API's resources are the Ingress's (`api.resources`), the stored record the Jobs
+deployment's (`jobs.store`)."""
 
 from enum import StrEnum
 from typing import Literal, Protocol
@@ -163,10 +164,9 @@ class JobError(BaseModel):
 
 
 class Job(BaseModel):
-    """A video job, as `GET /v1/videos/{id}` returns it (the OpenAI video object, plus ours)."""
+    """A video job's state, as Jobs tells the Ingress (which shows it as `api.resources.Video`)."""
 
     id: str
-    object: Literal["video"] = "video"
     status: JobStatus
     progress: int = Field(0, ge=0, le=100, description="From denoising steps; 100 only when completed.")
     queue_position: int | None = Field(None, description="While queued: 1 means next to start.")
@@ -197,11 +197,10 @@ class Refusal(BaseModel):
     retry_after_s: int | None = None
 
 
-class JobList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[Job]
-    first_id: str | None
-    last_id: str | None
+class JobPage(BaseModel):
+    """Some of a key's jobs, in the order asked for, and whether more follow."""
+
+    jobs: list[Job]
     has_more: bool
 
 

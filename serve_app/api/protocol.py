@@ -1,5 +1,5 @@
 """The HTTP API's own wire models: the body of `POST /predict` and `POST /v1/videos`, its answer,
-and the error shape. The job object the API returns is `messages.Job`."""
+and the error shape. The job object the API returns is `api.resources.Video`."""
 
 import unicodedata
 from typing import Any, Literal

@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 
 from serve_app.api.protocol import VideoRequest
+from serve_app.api.resources import Video
 from serve_app.client.api import WanClient, WanError
 from serve_app.limits import SIZE_MULTIPLE
-from serve_app.messages import Job, JobStatus
+from serve_app.messages import JobStatus
 
 
 def _range(field: str) -> str:
@@ -113,7 +114,7 @@ class ProgressBar:
         self._last = ""
         self._started: float | None = None
 
-    def show(self, job: Job) -> None:
+    def show(self, job: Video) -> None:
         if job.status == JobStatus.QUEUED:
             line = f"queued, position {job.queue_position}"
         else:

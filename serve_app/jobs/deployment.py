@@ -30,7 +30,7 @@ from serve_app.jobs.handover import HEARTBEAT_S, Handover
 from serve_app.jobs.outbox import Outbox
 from serve_app.jobs.store import EVERY_JOB, DuplicateKey, NewJob, open_store
 from serve_app.jobs.webhooks import WebhookSender
-from serve_app.messages import Job, JobList, JobStatus, Refusal, Started, Submission, VideoShape
+from serve_app.messages import Job, JobPage, JobStatus, Refusal, Started, Submission, VideoShape
 
 logger = logging.getLogger(__name__)
 
@@ -180,18 +180,12 @@ class Jobs:
 
     async def page(
         self, owner: str, after: str | None = None, limit: int = 20, newest_first: bool = True
-    ) -> JobList | None:
+    ) -> JobPage | None:
         """The owner's jobs after job `after`; None when `after` is not one of them."""
         jobs = await self._store.page(owner, after, limit + 1, newest_first)
         if jobs is None:
             return None
-        data = [await self._view(job) for job in jobs[:limit]]
-        return JobList(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=len(jobs) > limit,
-        )
+        return JobPage(jobs=[await self._view(job) for job in jobs[:limit]], has_more=len(jobs) > limit)
 
     async def watch(self, owner: str, job_id: str, seen: Job | None, timeout_s: float) -> Job | None:
         """The job as soon as it differs from `seen`, or as it is after `timeout_s` (long poll)."""

@@ -23,6 +23,9 @@ class DuplicateKey(Exception):
 
 @dataclass(frozen=True)
 class StoredJob:
+    """A job's record, the store's own: its state (the message the Ingress gets, `messages.Job`,
+    kept without its queue position, which is counted on reading) and what only Jobs keeps."""
+
     job: Job
     owner: str
     runner: str | None
