@@ -113,7 +113,7 @@ def test_a_rolling_update_of_the_generators_lets_the_running_job_finish(client, 
     # up to its graceful_shutdown_timeout_s (60 s in the local config, longer than this job).
     updated = copy.deepcopy(service_config)
     generator = next(d for d in updated["applications"][0]["deployments"] if d["name"] == "Generator")
-    generator["ray_actor_options"]["num_cpus"] = 0.5
+    generator["ray_actor_options"] = {"num_cpus": 0.5}
     try:
         deploy_config(updated)
         done = wait_for(client, job["id"])
