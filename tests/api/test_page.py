@@ -7,17 +7,8 @@ import re
 from fastapi.testclient import TestClient
 from support.api import api
 
+from serve_app import limits
 from serve_app.api.page import server_values
-from serve_app.limits import (
-    MAX_FPS,
-    MAX_FRAMES,
-    MAX_GUIDANCE,
-    MAX_SEED,
-    MAX_SIDE,
-    MAX_STEPS,
-    MAX_TEXT_CHARS,
-    MIN_FRAMES,
-)
 from serve_app.messages import JobStatus
 
 VALUES = re.compile(r'<script id="server-values" type="application/json">(.*?)</script>', re.S)
@@ -29,11 +20,11 @@ def test_the_page_carries_the_bounds_of_limits_and_the_final_statuses(tmp_path):
     values = json.loads(VALUES.search(html).group(1))
     assert values == json.loads(json.dumps(server_values()))
     fields = values["fields"]
-    assert (fields["num_frames"]["minimum"], fields["num_frames"]["maximum"]) == (MIN_FRAMES, MAX_FRAMES)
-    assert fields["width"]["maximum"] == fields["height"]["maximum"] == MAX_SIDE
-    assert fields["num_inference_steps"]["maximum"] == MAX_STEPS
-    assert fields["guidance_scale"]["maximum"] == MAX_GUIDANCE and fields["fps"]["maximum"] == MAX_FPS
-    assert values["max_text_chars"] == MAX_TEXT_CHARS and values["max_seed"] == str(MAX_SEED)
+    assert (fields["num_frames"]["minimum"], fields["num_frames"]["maximum"]) == (limits.MIN_FRAMES, limits.MAX_FRAMES)
+    assert fields["width"]["maximum"] == fields["height"]["maximum"] == limits.MAX_SIDE
+    assert fields["num_inference_steps"]["maximum"] == limits.MAX_STEPS
+    assert fields["guidance_scale"]["maximum"] == limits.MAX_GUIDANCE and fields["fps"]["maximum"] == limits.MAX_FPS
+    assert values["max_text_chars"] == limits.MAX_TEXT_CHARS and values["max_seed"] == str(limits.MAX_SEED)
     assert set(values["terminal_statuses"]) == {status for status in JobStatus if status.is_terminal}
 
 
@@ -41,6 +32,6 @@ def test_the_page_script_hard_codes_no_bound_and_no_status_set(tmp_path):
     app, _ = api(tmp_path)
     script = TestClient(app).get("/").text.rsplit("<script>", 1)[1]
     # (Not MAX_STEPS: 100 is also the script's percentage of progress.)
-    for bound in (MIN_FRAMES, MAX_FRAMES, MAX_SIDE, MAX_TEXT_CHARS, MAX_SEED):
+    for bound in (limits.MIN_FRAMES, limits.MAX_FRAMES, limits.MAX_SIDE, limits.MAX_TEXT_CHARS, limits.MAX_SEED):
         assert not re.search(rf"\b{bound}\b", script), bound
     assert '"cancelled"' not in script
