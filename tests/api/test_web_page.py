@@ -162,6 +162,7 @@ def test_the_page_shows_the_bounds_and_defaults_the_server_writes_in(browser):
     values["fields"]["num_inference_steps"].update(maximum=77, default=33)
     values["fields"]["num_frames"].update(minimum=41, maximum=61, default=49)
     values["fields"]["width"]["default"], values["fields"]["height"]["default"] = 512, 512
+    values["max_text_chars"] = 500
     page = browser.new_page()
     page.route("http://page.test/", lambda route: route.fulfill(content_type="text/html", body=render(values)))
     page.goto("http://page.test/")
@@ -170,6 +171,7 @@ def test_the_page_shows_the_bounds_and_defaults_the_server_writes_in(browser):
     frames = page.locator("#num_frames option").evaluate_all("(options) => options.map((o) => Number(o.value))")
     assert frames == [41, 45, 49, 53, 57, 61] and page.locator("#num_frames").input_value() == "49"
     assert page.locator("#size").input_value() == "512x512"
+    expect(page.locator("#prompt")).to_have_attribute("maxlength", "500")
     page.get_by_label("Prompt", exact=True).fill("a fox")
     page.get_by_label(re.compile("^Steps")).fill("78")
     page.get_by_role("button", name="Generate").click()
