@@ -28,5 +28,5 @@ class VideoList(BaseModel):
     @classmethod
     def of(cls, page: JobPage) -> "VideoList":
         data = [Video.of(job) for job in page.jobs]
-        ids = [video.id for video in data] or [None]
-        return cls(data=data, first_id=ids[0], last_id=ids[-1], has_more=page.has_more)
+        first, last = (data[0].id, data[-1].id) if data else (None, None)
+        return cls(data=data, first_id=first, last_id=last, has_more=page.has_more)
