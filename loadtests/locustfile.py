@@ -21,8 +21,8 @@ from locust import FastHttpUser, LoadTestShape, events, task
 from locust.env import Environment
 
 from loadtests.mix import parse_mix
+from serve_app.messages import JobStatus
 
-TERMINAL = ("completed", "failed", "cancelled")
 REJECTION_STATUSES = (429, 503)
 
 
@@ -252,7 +252,7 @@ class JobsUser(WanUser):
                 for line in lines:
                     if line.startswith("data:"):
                         job = json.loads(line[5:])
-            if job is None or job["status"] not in TERMINAL:
+            if job is None or not JobStatus(job["status"]).is_terminal:
                 response.failure(f"the event stream of {job_id} ended before the job did")
                 return None
         return job

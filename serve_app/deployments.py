@@ -1,12 +1,46 @@
-"""The three deployments of the application: their names, the options that are theirs whatever a
-config file says (set in `serve_app.app`), and how many replicas of one are running."""
+"""The three deployments of the application: their names, the options the code gives them, and
+how many replicas of one are running.
+
+`options` is the one place of the deployments' options that do not depend on where the app runs;
+the config files (serve_config*.yaml, deploy/rayservice.yaml) set only what does (replica counts,
+autoscaling, the Ingress's CPUs, shutdown and health-check timing, placement). Ray Serve's
+precedence: the code gives defaults, and a config file wins, option by option, except that a
+config's `ray_actor_options` replaces the code's whole dict. So no config sets the Generator's
+`ray_actor_options`: its GPU is counted here alone (`GPUS_PER_GENERATOR`).
+"""
+
+from typing import Any
+
+from serve_app.config import AppArgs
 
 APP = "wan"  # the application's name in both Serve configs
 INGRESS = "Ingress"
 JOBS = "Jobs"
 GENERATOR = "Generator"
-# One generation at a time per replica and no batching: a job fills a GPU.
-GENERATOR_MAX_ONGOING_REQUESTS = 1
+# A job fills a GPU: one GPU a replica, one generation at a time, no batching.
+GPUS_PER_GENERATOR = 1
+
+
+def options(args: AppArgs) -> dict[str, dict[str, Any]]:
+    """Each deployment's options in code (`serve.deployment` keywords), by name."""
+    on_gpu = args.device != "cpu"
+    return {
+        INGRESS: {},
+        JOBS: {
+            # Its replica count is the config's: 1 with SQLite, 2 or more with PostgreSQL (see jobs/).
+            # Every follower of a job (SSE, a waiting /predict) holds one long-poll call here.
+            "max_ongoing_requests": 10_000,
+            "ray_actor_options": {"num_cpus": 0},
+            # On a rolling update or shutdown it follows its running jobs to their end (see jobs/handover.py).
+            "graceful_shutdown_timeout_s": 1200,
+        },
+        GENERATOR: {
+            "max_ongoing_requests": 1,
+            # On a GPU, CPUs for the text encoder's tokenizer, decoding and MP4 encoding.
+            "ray_actor_options": {"num_gpus": GPUS_PER_GENERATOR, "num_cpus": 4} if on_gpu else {"num_cpus": 1},
+            "max_constructor_retry_count": args.max_constructor_retries,
+        },
+    }
 
 
 def replica_states(app_name: str, deployment: str) -> dict[str, int]:

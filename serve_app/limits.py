@@ -1,10 +1,13 @@
-"""The bounds of a video request, shared by the HTTP validation, the OpenAI form mapping and the
-memory capacity checks."""
+"""The bounds of a video request, their one definition: the HTTP validation (`api.protocol`), the
+OpenAI form mapping, the memory capacity checks, the web page and the CLI's help (both from the
+request model's schema) and the load tests take them from here."""
 
 SIZE_MULTIPLE = 32  # the VAE compresses 16x and the transformer patches 2x
 MIN_SIDE, MAX_SIDE = 32, 2048
 MIN_FRAMES, MAX_FRAMES = 25, 121
 MAX_STEPS = 100
+MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 20.0
+MAX_FPS = 60
 MAX_SEED = 2**63 - 1
 MAX_TEXT_CHARS = 10_000  # a prompt, a negative prompt
 MAX_URL_CHARS = 4096

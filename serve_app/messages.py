@@ -1,13 +1,16 @@
 """The messages between the deployments, as pydantic models: what the Jobs deployment sends a
 Generator replica and receives back (a request; then `Started`, `Progress`, and a result or a
-failure), and what the Ingress receives from Jobs (the job object, which is also the jobs API's
-resource, a page of jobs, a refusal)."""
+failure), and what the Ingress receives from Jobs (a job's state, a page of jobs, a refusal).
+The HTTP API's resources are the Ingress's (`api.resources`), the stored record the Jobs
+deployment's (`jobs.store`)."""
 
+from enum import StrEnum
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.capacity import Capacity
+from serve_app.error_codes import ErrorCode
 
 # The Wan2.2 authors' default negative prompt (sample_neg_prompt of the Wan2.2 repo's shared
 # config). diffusers does not apply it, so we do when the request omits `negative_prompt`.
@@ -108,7 +111,7 @@ class Progress(BaseModel):
 class GenerationFailure(BaseModel):
     """The last message of a generator replica for a job that failed in a way the user can act on."""
 
-    code: str
+    code: ErrorCode
     message: str
 
 
@@ -140,20 +143,30 @@ class VideoDetails(GenerationParameters):
     timings: JobTimings | None = None
 
 
-JobStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
-TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+class JobStatus(StrEnum):
+    """A job's status; its values are the API's strings."""
+
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """A final status: the job changes no more."""
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 class JobError(BaseModel):
-    code: str
+    code: ErrorCode
     message: str
 
 
 class Job(BaseModel):
-    """A video job, as `GET /v1/videos/{id}` returns it (the OpenAI video object, plus ours)."""
+    """A video job's state, as Jobs tells the Ingress (which shows it as `api.resources.Video`)."""
 
     id: str
-    object: Literal["video"] = "video"
     status: JobStatus
     progress: int = Field(0, ge=0, le=100, description="From denoising steps; 100 only when completed.")
     queue_position: int | None = Field(None, description="While queued: 1 means next to start.")
@@ -171,24 +184,23 @@ class Job(BaseModel):
 
     @property
     def finished(self) -> bool:
-        return self.status in TERMINAL
+        return self.status.is_terminal
 
 
 class Refusal(BaseModel):
-    """Why the jobs deployment did not queue a request; the ingress turns it into an HTTP error."""
+    """Why the jobs deployment did not queue a request; the ingress turns it into an HTTP error
+    (its status is the code's)."""
 
-    status: int
-    code: str
+    code: ErrorCode
     message: str
     param: str | None = None
     retry_after_s: int | None = None
 
 
-class JobList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[Job]
-    first_id: str | None
-    last_id: str | None
+class JobPage(BaseModel):
+    """Some of a key's jobs, in the order asked for, and whether more follow."""
+
+    jobs: list[Job]
     has_more: bool
 
 

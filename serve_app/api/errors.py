@@ -11,6 +11,7 @@ from starlette.routing import Match
 
 from serve_app.api.protocol import ErrorDetail, ErrorResponse
 from serve_app.common.outbound import OutboundRefused
+from serve_app.error_codes import ErrorCode
 from serve_app.messages import Refusal
 
 logger = logging.getLogger(__name__)
@@ -19,17 +20,16 @@ _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
 class ServiceError(Exception):
-    """An error with an HTTP status and a message meant for the client."""
+    """An error with a code (which gives its HTTP status) and a message meant for the client."""
 
-    status_code = 500
-    code = "internal_error"
+    code = ErrorCode.INTERNAL_ERROR
 
     def __init__(
         self,
         message: str,
         *,
         param: str | None = None,
-        code: str | None = None,
+        code: ErrorCode | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
@@ -39,33 +39,28 @@ class ServiceError(Exception):
         if code is not None:
             self.code = code
 
+    @property
+    def status_code(self) -> int:
+        return self.code.http_status
+
 
 class InvalidRequest(ServiceError):
-    status_code = 400
-    code = "invalid_request"
+    code = ErrorCode.INVALID_REQUEST
 
 
 class Unauthorized(ServiceError):
-    status_code = 401
-    code = "unauthorized"
+    code = ErrorCode.UNAUTHORIZED
 
     def __init__(self, message: str) -> None:
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
 class NotFound(ServiceError):
-    status_code = 404
-    code = "not_found"
-
-
-class Conflict(ServiceError):
-    status_code = 409
-    code = "conflict"
+    code = ErrorCode.NOT_FOUND
 
 
 class PayloadTooLarge(ServiceError):
-    status_code = 413
-    code = "payload_too_large"
+    code = ErrorCode.PAYLOAD_TOO_LARGE
 
 
 class Refused(ServiceError):
@@ -75,34 +70,38 @@ class Refused(ServiceError):
     def __init__(self, refusal: Refusal) -> None:
         headers = {"Retry-After": str(refusal.retry_after_s)} if refusal.retry_after_s is not None else None
         super().__init__(refusal.message, code=refusal.code, param=refusal.param, headers=headers)
-        self.status_code = refusal.status
 
 
 class TooManyRequests(ServiceError):
-    status_code = 429
-    code = "too_many_requests"
-
-    def __init__(self, message: str, *, code: str, retry_after_s: int) -> None:
+    def __init__(self, message: str, *, code: ErrorCode, retry_after_s: int) -> None:
         super().__init__(message, code=code, headers={"Retry-After": str(retry_after_s)})
 
 
 class RangeNotSatisfiable(ServiceError):
-    status_code = 416
-    code = "range_not_satisfiable"
+    code = ErrorCode.RANGE_NOT_SATISFIABLE
 
     def __init__(self, size: int) -> None:
         super().__init__(f"The Range is outside the file's {size} bytes.", headers={"Content-Range": f"bytes */{size}"})
 
 
-class GenerationFailed(ServiceError):
-    status_code = 500
-    code = "generation_failed"
-
-
-def error_body(code: str, message: str, param: str | None = None, request_id: str | None = None) -> dict:
+def error_body(code: ErrorCode, message: str, param: str | None = None, request_id: str | None = None) -> dict:
     """The API's error shape (`ErrorResponse`) as JSON: `param` always, `request_id` when there is one."""
     detail = ErrorDetail(code=code, message=message, param=param, request_id=request_id)
     return ErrorResponse(error=detail).model_dump(exclude={"error": {"request_id"}} if request_id is None else None)
+
+
+def error_response(
+    code: ErrorCode,
+    message: str,
+    param: str | None = None,
+    request_id: str | None = None,
+    headers: dict[str, str] | None = None,
+    status: int | None = None,
+) -> JSONResponse:
+    """The error as a response: the code's HTTP status, unless Starlette chose another."""
+    return JSONResponse(
+        error_body(code, message, param, request_id), status_code=status or code.http_status, headers=headers
+    )
 
 
 def request_id_of(request: Request) -> str:
@@ -111,16 +110,12 @@ def request_id_of(request: Request) -> str:
 
 
 async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-    request_id = request_id_of(request)
-    return JSONResponse(
-        error_body(exc.code, exc.message, exc.param, request_id if exc.status_code >= 500 else None),
-        status_code=exc.status_code,
-        headers=exc.headers,
-    )
+    request_id = request_id_of(request) if exc.status_code >= 500 else None
+    return error_response(exc.code, exc.message, exc.param, request_id, exc.headers)
 
 
 async def _outbound_refused(request: Request, exc: OutboundRefused) -> JSONResponse:
-    return JSONResponse(error_body("invalid_request", exc.message, exc.param), status_code=400)
+    return error_response(ErrorCode.INVALID_REQUEST, exc.message, exc.param)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -128,15 +123,16 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     first = exc.errors()[0]
     param = str(first["loc"][-1]) if first.get("loc") else None
     message = f"{param}: {first['msg']}" if param else first["msg"]
-    return JSONResponse(error_body("invalid_request", message, param), status_code=400)
+    return error_response(ErrorCode.INVALID_REQUEST, message, param)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    # Starlette's routing errors; any other keeps Starlette's status.
+    code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(exc.status_code, ErrorCode.HTTP_ERROR)
     headers = getattr(exc, "headers", None)
     if exc.status_code == 405:
         headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
-    return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=headers)
+    return error_response(code, str(exc.detail), headers=headers, status=exc.status_code)
 
 
 def allowed_methods(request: Request) -> list[str]:
@@ -152,9 +148,8 @@ def allowed_methods(request: Request) -> list[str]:
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     request_id = request_id_of(request)
     logger.error("request %s failed", request_id, exc_info=exc)
-    return JSONResponse(
-        error_body("internal_error", f"Internal server error (request id {request_id}).", None, request_id),
-        status_code=500,
+    return error_response(
+        ErrorCode.INTERNAL_ERROR, f"Internal server error (request id {request_id}).", None, request_id
     )
 
 

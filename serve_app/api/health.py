@@ -4,12 +4,12 @@ nothing about the deployment but whether it serves), `/v1/status` for operators 
 from typing import Any
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
 
 from serve_app.api.auth import require_api_key
 from serve_app.api.dependencies import State
-from serve_app.api.errors import error_body
+from serve_app.api.errors import error_response
 from serve_app.api.protocol import ErrorResponse
+from serve_app.error_codes import ErrorCode
 
 health_router = APIRouter()
 status_router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -27,10 +27,8 @@ async def readyz(state: State) -> Any:
     replicas = await state.running_generators()
     if replicas:
         return {"status": "ready", "generator_replicas": replicas}
-    return JSONResponse(
-        error_body("not_ready", "No generator replica has its model loaded yet."),
-        status_code=503,
-        headers={"Retry-After": "10"},
+    return error_response(
+        ErrorCode.NOT_READY, "No generator replica has its model loaded yet.", headers={"Retry-After": "10"}
     )
 
 

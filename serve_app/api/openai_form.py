@@ -9,7 +9,7 @@ from typing import Any
 
 from serve_app.api.errors import InvalidRequest
 from serve_app.api.protocol import VideoRequest
-from serve_app.limits import MAX_FRAMES, MAX_NAME_CHARS, MAX_SIDE, MIN_FRAMES, MIN_SIDE, SIZE_MULTIPLE
+from serve_app.limits import MAX_FPS, MAX_FRAMES, MAX_NAME_CHARS, MAX_SIDE, MIN_FRAMES, MIN_SIDE, SIZE_MULTIPLE
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def safe_filename(filename: str) -> str:
 
 
 def nearest_size(size: str) -> tuple[int, int]:
-    """`WIDTHxHEIGHT` to the nearest multiples of 32 (ties go down: 1280x720 is 1280x704)."""
+    """`WIDTHxHEIGHT` to the nearest multiples of SIZE_MULTIPLE (ties go down: 1280x720 is 1280x704)."""
     match = _SIZE.fullmatch(size.strip()) if len(size) <= 16 else None
     if match is None:
         raise InvalidRequest("size must look like WIDTHxHEIGHT, for example 1280x704.", param="size")
@@ -95,7 +95,7 @@ def _nearest_multiple(value: int) -> int:
 def _fps_of(data: dict[str, Any]) -> int:
     fps = data.get("fps")
     # An invalid fps is reported by VideoRequest's own validation; the default serves meanwhile.
-    if isinstance(fps, str) and fps.isascii() and fps.isdecimal() and 0 < int(fps) <= 60:
+    if isinstance(fps, str) and fps.isascii() and fps.isdecimal() and 0 < int(fps) <= MAX_FPS:
         return int(fps)
     return VideoRequest.model_fields["fps"].default
 

@@ -13,6 +13,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from serve_app.api.errors import InvalidRequest, PayloadTooLarge
 from serve_app.api.openai_form import UploadedImage, map_form
 from serve_app.api.protocol import VideoRequest
+from serve_app.error_codes import ErrorCode
 from serve_app.limits import MAX_NAME_CHARS
 
 
@@ -85,7 +86,7 @@ def _as_invalid_request(exc: ValidationError) -> InvalidRequest:
     errors = exc.errors(include_url=False)
     first = errors[0]
     if first["type"] == "json_invalid":
-        return InvalidRequest(f"Malformed JSON: {first['ctx']['error']}.", code="invalid_json")
+        return InvalidRequest(f"Malformed JSON: {first['ctx']['error']}.", code=ErrorCode.INVALID_JSON)
     loc = [str(part) for part in first["loc"]]
     # An unknown field's name is the caller's: echoed no longer than a name may be.
     param = loc[0][:MAX_NAME_CHARS] if loc else None

@@ -10,11 +10,13 @@ from ray.serve.exceptions import RequestCancelledError
 
 from serve_app.api.auth import require_api_key
 from serve_app.api.dependencies import Owner, State
-from serve_app.api.errors import Conflict, GenerationFailed, InvalidRequest, request_id_of
+from serve_app.api.errors import ServiceError, request_id_of
 from serve_app.api.protocol import VIDEO_REQUEST_BODY, PredictResponse, error_responses
 from serve_app.api.submission import follow_job, submit_job
 from serve_app.common.storage import VIDEO
 from serve_app.common.tasks import spawn
+from serve_app.error_codes import ErrorCode
+from serve_app.messages import JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +32,6 @@ _ERRORS = error_responses(
 )
 
 predict_router = APIRouter(dependencies=[Depends(require_api_key)], responses=_ERRORS)
-# Failures that the request caused, not the server: a 400, like a refusal at submission.
-CALLER_ERRORS = frozenset({"video_too_large"})
 
 
 @predict_router.post("/predict", response_model=PredictResponse, openapi_extra=VIDEO_REQUEST_BODY)
@@ -48,17 +48,18 @@ async def predict(request: Request, state: State, owner: Owner) -> PredictRespon
         logger.info("request %s: client disconnected, cancelling job %s", request_id_of(request), job.id)
         _cancel_detached(state, owner, job.id)
         raise
-    if job.status == "completed":
+    if job.status == JobStatus.COMPLETED:
         video = await asyncio.to_thread(state.storage.read, job.id, VIDEO)
         return PredictResponse(video_base64=base64.b64encode(video).decode("ascii"), details=job.details)
-    request_id = request_id_of(request)
-    if job.status == "failed" and job.error.code in CALLER_ERRORS:
-        raise InvalidRequest(job.error.message, code=job.error.code)
-    if job.status == "failed":
+    if job.status == JobStatus.FAILED:
+        if job.error.code.http_status < 500:  # the request's to change, like a refusal at submission
+            raise ServiceError(job.error.message, code=job.error.code)
+        request_id = request_id_of(request)
         logger.error("request %s: job %s failed: %s", request_id, job.id, job.error.message)
-        raise GenerationFailed(f"{job.error.message} (request id {request_id}, job id {job.id})", code=job.error.code)
-    raise Conflict(
-        f"Job {job.id} was {job.status if job.finished else 'deleted'} before it completed.", code="cancelled"
+        raise ServiceError(f"{job.error.message} (request id {request_id}, job id {job.id})", code=job.error.code)
+    raise ServiceError(
+        f"Job {job.id} was {job.status if job.finished else 'deleted'} before it completed.",
+        code=ErrorCode.CANCELLED,
     )
 
 

@@ -1,5 +1,5 @@
 """The HTTP API's own wire models: the body of `POST /predict` and `POST /v1/videos`, its answer,
-and the error shape. The job object the API returns is `messages.Job`."""
+and the error shape. The job object the API returns is `api.resources.Video`."""
 
 import unicodedata
 from typing import Any, Literal
@@ -8,19 +8,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from serve_app.limits import (
+    MAX_FPS,
     MAX_FRAMES,
+    MAX_GUIDANCE,
     MAX_SEED,
     MAX_SIDE,
     MAX_STEPS,
     MAX_TEXT_CHARS,
     MAX_URL_CHARS,
     MIN_FRAMES,
+    MIN_GUIDANCE,
     MIN_SIDE,
     SIZE_MULTIPLE,
 )
 from serve_app.messages import SpeedMode, VideoDetails, VideoShape
 
-# What the schema says of a width or height beyond its bounds (checked by `_multiple_of_32`).
+# What the schema says of a width or height beyond its bounds (checked by `_size_multiple`).
 _SIZE = {"multipleOf": SIZE_MULTIPLE}
 # Unicode categories of control characters and lone surrogates.
 _CONTROL = frozenset({"Cc", "Cs"})
@@ -43,10 +46,18 @@ class VideoRequest(BaseModel):
         "default negative prompt; an explicit empty string: none.",
     )
     height: int = Field(
-        704, ge=MIN_SIDE, le=MAX_SIDE, description="Video height, a multiple of 32.", json_schema_extra=_SIZE
+        704,
+        ge=MIN_SIDE,
+        le=MAX_SIDE,
+        description=f"Video height, a multiple of {SIZE_MULTIPLE}.",
+        json_schema_extra=_SIZE,
     )
     width: int = Field(
-        1280, ge=MIN_SIDE, le=MAX_SIDE, description="Video width, a multiple of 32.", json_schema_extra=_SIZE
+        1280,
+        ge=MIN_SIDE,
+        le=MAX_SIDE,
+        description=f"Video width, a multiple of {SIZE_MULTIPLE}.",
+        json_schema_extra=_SIZE,
     )
     num_frames: int = Field(
         MAX_FRAMES,
@@ -56,8 +67,10 @@ class VideoRequest(BaseModel):
         json_schema_extra={"enum": list(range(MIN_FRAMES, MAX_FRAMES + 1, 4))},
     )
     num_inference_steps: int = Field(50, ge=1, le=MAX_STEPS, description="Denoising steps.")
-    guidance_scale: float = Field(5.0, ge=1.0, le=20.0, description="Classifier-free guidance strength.")
-    fps: int = Field(24, ge=1, le=60, description="Frame rate of the output video.")
+    guidance_scale: float = Field(
+        5.0, ge=MIN_GUIDANCE, le=MAX_GUIDANCE, description="Classifier-free guidance strength."
+    )
+    fps: int = Field(24, ge=1, le=MAX_FPS, description="Frame rate of the output video.")
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="Random seed; omitted: drawn and reported in details.seed."
     )
@@ -106,14 +119,14 @@ class VideoRequest(BaseModel):
 
     @field_validator("height", "width")
     @classmethod
-    def _multiple_of_32(cls, value: int) -> int:
+    def _size_multiple(cls, value: int) -> int:
         if value % SIZE_MULTIPLE:
             below = value // SIZE_MULTIPLE * SIZE_MULTIPLE
             nearest = [v for v in (below, below + SIZE_MULTIPLE) if MIN_SIDE <= v <= MAX_SIDE]
             raise PydanticCustomError(
                 "size_multiple",
-                "must be a multiple of 32; nearest valid values: {nearest}",
-                {"nearest": " or ".join(map(str, nearest))},
+                "must be a multiple of {multiple}; nearest valid values: {nearest}",
+                {"multiple": SIZE_MULTIPLE, "nearest": " or ".join(map(str, nearest))},
             )
         return value
 
@@ -122,10 +135,11 @@ class VideoRequest(BaseModel):
     def _four_n_plus_one(cls, value: int) -> int:
         if value % 4 != 1:
             below = (value - 1) // 4 * 4 + 1
-            nearest = [v for v in (below, below + 4) if 25 <= v <= 121]
+            nearest = [v for v in (below, below + 4) if MIN_FRAMES <= v <= MAX_FRAMES]
             raise PydanticCustomError(
                 "frame_count",
-                "must be of the form 4n+1 (25, 29, ..., 121); nearest valid values: {nearest}",
+                f"must be of the form 4n+1 ({MIN_FRAMES}, {MIN_FRAMES + 4}, ..., {MAX_FRAMES}); "
+                "nearest valid values: {nearest}",
                 {"nearest": " or ".join(map(str, nearest))},
             )
         return value

@@ -8,12 +8,13 @@ from contextlib import contextmanager
 
 from serve_app.api.errors import TooManyRequests
 from serve_app.config import AppArgs
+from serve_app.error_codes import ErrorCode
 
 RETRY_AFTER_S = 5
 
 
 class Slots:
-    def __init__(self, per_key: int, total: int, code: str, what: str) -> None:
+    def __init__(self, per_key: int, total: int, code: ErrorCode, what: str) -> None:
         self._per_key = per_key
         self._total = total
         self._code = code
@@ -55,8 +56,10 @@ class Slots:
 
 
 def stream_slots(args: AppArgs) -> Slots:
-    return Slots(args.max_streams_per_key, args.max_streams, "too_many_streams", "event streams and long polls")
+    return Slots(args.max_streams_per_key, args.max_streams, ErrorCode.TOO_MANY_STREAMS, "event streams and long polls")
 
 
 def submission_slots(args: AppArgs) -> Slots:
-    return Slots(args.max_submissions_per_key, args.max_submissions, "too_many_submissions", "submissions in flight")
+    return Slots(
+        args.max_submissions_per_key, args.max_submissions, ErrorCode.TOO_MANY_SUBMISSIONS, "submissions in flight"
+    )

@@ -11,11 +11,13 @@ from starlette.background import BackgroundTask
 from serve_app.api.auth import require_api_key
 from serve_app.api.dependencies import Owner, State
 from serve_app.api.downloads import file_response
-from serve_app.api.errors import Conflict, InvalidRequest, NotFound
+from serve_app.api.errors import InvalidRequest, NotFound, ServiceError
 from serve_app.api.protocol import VIDEO_REQUEST_BODY, ErrorResponse, JobDeleted, error_responses
+from serve_app.api.resources import Video, VideoList
 from serve_app.api.submission import follow_job, submit_job
 from serve_app.common.storage import THUMBNAIL, VIDEO
-from serve_app.messages import Job, JobList
+from serve_app.error_codes import ErrorCode
+from serve_app.messages import Job, JobStatus
 
 _ERRORS = error_responses(
     {
@@ -54,34 +56,34 @@ videos_router = APIRouter(prefix="/v1/videos", dependencies=[Depends(require_api
 @videos_router.post(
     "",
     status_code=202,
-    response_model=Job,
+    response_model=Video,
     openapi_extra=_CREATE_BODY,
     responses={409: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body"}},
 )
-async def create_video(request: Request, state: State, owner: Owner) -> Job:
+async def create_video(request: Request, state: State, owner: Owner) -> Video:
     """Queue a video job. The body is `/predict`'s JSON, or the multipart form of the OpenAI SDK.
     Send `Idempotency-Key` to retry safely."""
-    return await submit_job(request, state, owner)
+    return Video.of(await submit_job(request, state, owner))
 
 
-@videos_router.get("", response_model=JobList)
+@videos_router.get("", response_model=VideoList)
 async def list_videos(
     state: State,
     owner: Owner,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(description="The last id of the previous page.")] = None,
     order: Literal["desc", "asc"] = "desc",
-) -> JobList:
+) -> VideoList:
     """The caller's jobs, newest first unless `order=asc`."""
     page = await state.jobs.page.remote(owner, after, limit, newest_first=order == "desc")
     if page is None:
         raise InvalidRequest("after is not one of your jobs.", param="after")
-    return page
+    return VideoList.of(page)
 
 
-@videos_router.get("/{video_id}", response_model=Job)
-async def get_video(video_id: str, state: State, owner: Owner) -> Job:
-    return await _job(state, owner, video_id)
+@videos_router.get("/{video_id}", response_model=Video)
+async def get_video(video_id: str, state: State, owner: Owner) -> Video:
+    return Video.of(await _job(state, owner, video_id))
 
 
 @videos_router.get(
@@ -97,8 +99,10 @@ async def get_video_content(
 ) -> StreamingResponse:
     """The MP4 (`Range` requests work), or with `variant=thumbnail` the first frame as a JPEG."""
     job = await _job(state, owner, video_id)
-    if job.status != "completed":
-        raise Conflict(f"The job is {job.status}: its video exists once it has completed.", code="video_not_ready")
+    if job.status != JobStatus.COMPLETED:
+        raise ServiceError(
+            f"The job is {job.status}: its video exists once it has completed.", code=ErrorCode.VIDEO_NOT_READY
+        )
     name, media_type = _VARIANTS[variant]
     return await file_response(state.storage, job.id, name, media_type, request.headers.get("range"))
 
@@ -127,14 +131,14 @@ async def get_video_events(video_id: str, state: State, owner: Owner) -> Streami
     )
 
 
-@videos_router.post("/{video_id}/cancel", response_model=Job)
-async def cancel_video(video_id: str, state: State, owner: Owner) -> Job:
+@videos_router.post("/{video_id}/cancel", response_model=Video)
+async def cancel_video(video_id: str, state: State, owner: Owner) -> Video:
     """A queued job never runs; a running one stops at its next denoising step. A finished job is
     returned as it is."""
     job = await state.jobs.cancel.remote(owner, video_id)
     if job is None:
         raise _not_found(video_id)
-    return job
+    return Video.of(job)
 
 
 @videos_router.delete("/{video_id}", response_model=JobDeleted)
@@ -158,4 +162,4 @@ def _not_found(video_id: str) -> NotFound:
 
 
 def _event(job: Job) -> str:
-    return f"data: {job.model_dump_json()}\n\n"
+    return f"data: {Video.of(job).model_dump_json()}\n\n"

@@ -20,6 +20,7 @@ import time
 import httpx
 
 from serve_app.benchmark.local_cluster import cluster_config, free_port, generator_replicas, serve_on_gpu_cluster
+from serve_app.messages import JobStatus
 
 KEY = "autoscaling-bench-key"
 # 236 s on an L40 by the simulator's latency model; TIME_SCALE of that here.
@@ -66,7 +67,7 @@ def _scenario(url: str, gpu_nodes: int, jobs: int) -> dict:
         first = first if first is not None or running < 1 else now
         full = full if full is not None or running < gpu_nodes else now
         finished = [api.get(f"/v1/videos/{job_id}").json() for job_id in ids]
-        if all(job["status"] in ("completed", "failed", "cancelled") for job in finished):
+        if all(JobStatus(job["status"]).is_terminal for job in finished):
             break
         time.sleep(0.25)
     done = time.monotonic()

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from serve_app.deployments import APP, GENERATOR, INGRESS, replica_states
+from serve_app.deployments import APP, GENERATOR, GPUS_PER_GENERATOR, INGRESS, replica_states
 
 LOOPBACK = "127.0.0.1"
 
@@ -36,7 +36,7 @@ def cluster_config(port: int, args: dict, autoscaling: dict) -> dict:
                     {
                         "name": GENERATOR,
                         # A GPU from Ray's point of view, though the work runs on the CPU.
-                        "ray_actor_options": {"num_gpus": 1, "num_cpus": 1},
+                        "ray_actor_options": {"num_gpus": GPUS_PER_GENERATOR, "num_cpus": 1},
                         "autoscaling_config": {"target_ongoing_requests": 1, **autoscaling},
                         "graceful_shutdown_timeout_s": 30,
                     },
@@ -78,7 +78,7 @@ def serve_on_gpu_cluster(gpu_nodes: int, config: dict, api_key: str) -> Iterator
     os.environ["WAN_API_KEYS"] = api_key  # inherited by the nodes' processes
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False})
     for _ in range(gpu_nodes):
-        cluster.add_node(num_cpus=2, num_gpus=1)
+        cluster.add_node(num_cpus=2, num_gpus=GPUS_PER_GENERATOR)  # one generator replica a node
     ray.init(address=cluster.address, log_to_driver=False)
     try:
         yield deploy_config(config, ready_within_s=None)

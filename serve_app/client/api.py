@@ -12,7 +12,8 @@ from typing import Any
 
 import httpx
 
-from serve_app.messages import Job, JobList
+from serve_app.api.resources import Video, VideoList
+from serve_app.messages import JobStatus
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 _RETRIED = {429, 503}
@@ -66,21 +67,21 @@ class WanClient:
 
     def submit(
         self, prompt: str, *, image: str | Path | None = None, idempotency_key: str | None = None, **params: Any
-    ) -> Job:
+    ) -> Video:
         """Queue a job. Retries reuse one Idempotency-Key, so they never queue it twice."""
         headers = {"Idempotency-Key": idempotency_key or secrets.token_urlsafe(16)}
         body = self._body(prompt, image, params)
-        return Job.model_validate(self._request("POST", "/v1/videos", json=body, headers=headers).json())
+        return Video.model_validate(self._request("POST", "/v1/videos", json=body, headers=headers).json())
 
-    def get(self, job_id: str) -> Job:
-        return Job.model_validate(self._request("GET", f"/v1/videos/{job_id}").json())
+    def get(self, job_id: str) -> Video:
+        return Video.model_validate(self._request("GET", f"/v1/videos/{job_id}").json())
 
-    def list_jobs(self, limit: int = 20, after: str | None = None) -> JobList:
+    def list_jobs(self, limit: int = 20, after: str | None = None) -> VideoList:
         params = {"limit": limit, **({"after": after} if after else {})}
-        return JobList.model_validate(self._request("GET", "/v1/videos", params=params).json())
+        return VideoList.model_validate(self._request("GET", "/v1/videos", params=params).json())
 
-    def cancel(self, job_id: str) -> Job:
-        return Job.model_validate(self._request("POST", f"/v1/videos/{job_id}/cancel").json())
+    def cancel(self, job_id: str) -> Video:
+        return Video.model_validate(self._request("POST", f"/v1/videos/{job_id}/cancel").json())
 
     def delete(self, job_id: str) -> None:
         self._request("DELETE", f"/v1/videos/{job_id}")
@@ -89,7 +90,7 @@ class WanClient:
         """The MP4, or with `variant="thumbnail"` the first frame as a JPEG."""
         return self._request("GET", f"/v1/videos/{job_id}/content", params={"variant": variant}).content
 
-    def events(self, job_id: str) -> Iterator[Job]:
+    def events(self, job_id: str) -> Iterator[Video]:
         """The job at each change, from its Server-Sent Events, until it has finished."""
         with self._http.stream("GET", f"/v1/videos/{job_id}/events", timeout=httpx.Timeout(30.0, read=None)) as resp:
             if resp.status_code != 200:
@@ -97,9 +98,9 @@ class WanClient:
                 raise _error(resp)
             for line in resp.iter_lines():
                 if line.startswith("data: "):
-                    yield Job.model_validate(json.loads(line.removeprefix("data: ")))
+                    yield Video.model_validate(json.loads(line.removeprefix("data: ")))
 
-    def wait(self, job_id: str, on_progress: Callable[[Job], None] | None = None) -> Job:
+    def wait(self, job_id: str, on_progress: Callable[[Video], None] | None = None) -> Video:
         """Follow the job until it has finished, calling `on_progress` at each change. A dropped
         event stream is opened again."""
         while True:
@@ -113,11 +114,11 @@ class WanClient:
                 time.sleep(1)
 
     def generate(
-        self, prompt: str, *, on_progress: Callable[[Job], None] | None = None, **params: Any
-    ) -> tuple[Job, bytes]:
+        self, prompt: str, *, on_progress: Callable[[Video], None] | None = None, **params: Any
+    ) -> tuple[Video, bytes]:
         """Submit, wait, download: the finished job and its MP4. Raises WanError if it failed."""
         job = self.wait(self.submit(prompt, **params).id, on_progress)
-        if job.status != "completed":
+        if job.status != JobStatus.COMPLETED:
             message = job.error.message if job.error else f"the job was {job.status}"
             raise WanError(message, code=job.error.code if job.error else job.status)
         return job, self.download(job.id)

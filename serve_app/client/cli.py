@@ -6,8 +6,17 @@ import sys
 import time
 from pathlib import Path
 
+from serve_app.api.protocol import VideoRequest
+from serve_app.api.resources import Video
 from serve_app.client.api import WanClient, WanError
-from serve_app.messages import Job
+from serve_app.limits import SIZE_MULTIPLE
+from serve_app.messages import JobStatus
+
+
+def _range(field: str) -> str:
+    """A request field's bounds and default, as the service's request model has them."""
+    schema = VideoRequest.model_json_schema()["properties"][field]
+    return f"{schema['minimum']}-{schema['maximum']} (default {schema['default']})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,12 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="generate a video and save it")
     generate.add_argument("prompt", help="what the video shows")
     generate.add_argument("--negative-prompt", help="what it should not show (default: the Wan2.2 authors')")
-    generate.add_argument("--height", type=int, help="multiple of 32, 32-2048 (default 704)")
-    generate.add_argument("--width", type=int, help="multiple of 32, 32-2048 (default 1280)")
-    generate.add_argument("--num-frames", type=int, help="4n+1, 25-121 (default 121)")
-    generate.add_argument("--num-inference-steps", type=int, help="1-100 (default 50)")
-    generate.add_argument("--guidance-scale", type=float, help="1.0-20.0 (default 5.0)")
-    generate.add_argument("--fps", type=int, help="1-60 (default 24)")
+    generate.add_argument("--height", type=int, help=f"multiple of {SIZE_MULTIPLE}, {_range('height')}")
+    generate.add_argument("--width", type=int, help=f"multiple of {SIZE_MULTIPLE}, {_range('width')}")
+    generate.add_argument("--num-frames", type=int, help=f"4n+1, {_range('num_frames')}")
+    generate.add_argument("--num-inference-steps", type=int, help=_range("num_inference_steps"))
+    generate.add_argument("--guidance-scale", type=float, help=_range("guidance_scale"))
+    generate.add_argument("--fps", type=int, help=_range("fps"))
     generate.add_argument("--seed", type=int, help="for a reproducible video (default: drawn, and reported)")
     generate.add_argument(
         "--speed-mode", choices=("quality", "fast"), help="fast: step caching, quicker, less detail (default quality)"
@@ -80,7 +89,7 @@ def _generate(client: WanClient, args: argparse.Namespace) -> int:
         print(f"\ncancelled job {job.id}", file=sys.stderr)
         return 130
     bar.end()
-    if job.status != "completed":
+    if job.status != JobStatus.COMPLETED:
         reason = job.error.message if job.error else f"the job was {job.status}"
         print(f"error: {reason}", file=sys.stderr)
         return 1
@@ -105,11 +114,11 @@ class ProgressBar:
         self._last = ""
         self._started: float | None = None
 
-    def show(self, job: Job) -> None:
-        if job.status == "queued":
+    def show(self, job: Video) -> None:
+        if job.status == JobStatus.QUEUED:
             line = f"queued, position {job.queue_position}"
         else:
-            if self._started is None and job.status == "in_progress":
+            if self._started is None and job.status == JobStatus.IN_PROGRESS:
                 self._started = time.monotonic()
             filled = self._width * job.progress // 100
             line = f"[{'#' * filled}{'-' * (self._width - filled)}] {job.progress:3d}%  {job.status}"

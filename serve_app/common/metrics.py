@@ -4,7 +4,7 @@ minutes: a 100-step job at full size takes 10 to 15. API keys appear only as the
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-from serve_app.messages import Job, JobTimings, StageTimings
+from serve_app.messages import Job, JobStatus, JobTimings, StageTimings
 
 SECONDS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 180, 300, 420, 600, 900, 1200, 1800]
 STEPS_PER_SECOND = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]
@@ -70,7 +70,7 @@ class JobMetrics:
         if gpu_s > 0:
             self.key_gpu_seconds.inc(gpu_s, tags={"key": key})
         timings: JobTimings | None = job.details.timings
-        if job.status != "completed" or timings is None:
+        if job.status != JobStatus.COMPLETED or timings is None:
             return
         self.key_video_seconds.inc(job.details.num_frames / job.details.fps, tags={"key": key})
         for field in StageTimings.model_fields:

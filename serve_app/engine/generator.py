@@ -17,6 +17,7 @@ from serve_app.common.logs import use_serve_log_handlers
 from serve_app.config import AppArgs
 from serve_app.engine.errors import GenerationCancelled, VideoTooLarge
 from serve_app.engine.runner import Runner, make_runner
+from serve_app.error_codes import ErrorCode
 from serve_app.messages import GenerationFailure, GenerationRequest, GenerationResult, Progress, Started
 
 logger = logging.getLogger(__name__)
@@ -80,12 +81,12 @@ class Generator:
         try:
             return work.result()
         except VideoTooLarge as exc:
-            return GenerationFailure(code="video_too_large", message=str(exc))
+            return GenerationFailure(code=ErrorCode.VIDEO_TOO_LARGE, message=str(exc))
         except GenerationCancelled:
             # Nothing else cancels a generation whose caller still reads it: the deadline passed.
             logger.warning("generation stopped at its deadline of %g s", self._max_generation_s)
             return GenerationFailure(
-                code="timeout",
+                code=ErrorCode.TIMEOUT,
                 message=f"The generation took longer than this server's limit of {self._max_generation_s:g} s "
                 "and was stopped. Try fewer steps, a smaller size or fewer frames.",
             )
@@ -95,7 +96,7 @@ class Generator:
                 torch.cuda.empty_cache()
             logger.warning("out of memory at %dx%dx%d", request.width, request.height, request.num_frames)
             return GenerationFailure(
-                code="gpu_out_of_memory",
+                code=ErrorCode.GPU_OUT_OF_MEMORY,
                 message=f"The GPU ran out of memory for {request.width}x{request.height} with "
                 f"{request.num_frames} frames. Try a smaller size or fewer frames.",
             )

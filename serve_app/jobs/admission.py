@@ -6,8 +6,9 @@ import math
 from collections import deque
 
 from serve_app.capacity import Capacity
+from serve_app.error_codes import ErrorCode
 from serve_app.jobs.store import JobStore
-from serve_app.messages import Refusal, VideoShape
+from serve_app.messages import JobStatus, Refusal, VideoShape
 
 
 class Admission:
@@ -35,23 +36,21 @@ class Admission:
 
     async def refusal(self, owner: str, shape: VideoShape | None) -> Refusal | None:
         if shape is not None and self.capacity is not None and (reason := shape.refusal(self.capacity)):
-            return Refusal(status=400, code="video_too_large", message=reason)
+            return Refusal(code=ErrorCode.VIDEO_TOO_LARGE, message=reason)
         run_s = sum(self._recent_run_s) / len(self._recent_run_s)
-        queued = await self._store.count("queued")
+        queued = await self._store.count(JobStatus.QUEUED)
         if queued >= self._max_queued:
-            running = max(1, await self._store.count("in_progress"))
+            running = max(1, await self._store.count(JobStatus.IN_PROGRESS))
             wait = run_s * (queued - self._max_queued + 1) / running
             return Refusal(
-                status=503,
-                code="queue_full",
+                code=ErrorCode.QUEUE_FULL,
                 message=f"The queue is full ({queued} jobs waiting). Retry later.",
                 retry_after_s=_bounded(wait),
             )
-        active = await self._store.count("queued", owner) + await self._store.count("in_progress", owner)
+        active = sum([await self._store.count(status, owner) for status in (JobStatus.QUEUED, JobStatus.IN_PROGRESS)])
         if active >= self._max_per_key:
             return Refusal(
-                status=429,
-                code="too_many_jobs",
+                code=ErrorCode.TOO_MANY_JOBS,
                 message=f"This API key already has {active} jobs queued or running, its limit. "
                 "Retry when one has finished, or cancel one.",
                 retry_after_s=_bounded(run_s),
@@ -59,8 +58,7 @@ class Admission:
         stored_jobs, stored_bytes = await self._store.usage(owner)
         if stored_jobs >= self._max_stored_jobs or stored_bytes >= self._max_stored_bytes:
             return Refusal(
-                status=429,
-                code="storage_quota",
+                code=ErrorCode.STORAGE_QUOTA,
                 message=f"This API key stores {stored_jobs} jobs and {stored_bytes / 2**20:.0f} MiB of videos, "
                 f"its limit ({self._max_stored_jobs} jobs, {self._max_stored_bytes / 2**20:.0f} MiB). Delete some, "
                 "or retry once they expire.",

@@ -23,13 +23,14 @@ from serve_app.common.outbound import OutboundPolicy
 from serve_app.common.storage import REFERENCE, ResultStorage
 from serve_app.common.tasks import spawn
 from serve_app.config import AppArgs, webhook_secret
+from serve_app.error_codes import ErrorCode
 from serve_app.jobs.admission import Admission
 from serve_app.jobs.dispatch import Dispatcher
 from serve_app.jobs.handover import Handover
 from serve_app.jobs.outbox import Outbox
 from serve_app.jobs.store import EVERY_JOB, DuplicateKey, NewJob, open_store
 from serve_app.jobs.webhooks import WebhookSender
-from serve_app.messages import Job, JobList, Refusal, Started, Submission, VideoShape
+from serve_app.messages import Job, JobPage, JobStatus, Refusal, Started, Submission, VideoShape
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class Jobs:
         details = submission.details
         job = Job(
             id="video_" + secrets.token_hex(16),
-            status="queued",
+            status=JobStatus.QUEUED,
             created_at=int(time.time()),
             model=details.model or "",
             prompt=details.prompt,
@@ -181,18 +182,12 @@ class Jobs:
 
     async def page(
         self, owner: str, after: str | None = None, limit: int = 20, newest_first: bool = True
-    ) -> JobList | None:
+    ) -> JobPage | None:
         """The owner's jobs after job `after`; None when `after` is not one of them."""
         jobs = await self._store.page(owner, after, limit + 1, newest_first)
         if jobs is None:
             return None
-        data = [await self._view(job) for job in jobs[:limit]]
-        return JobList(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=len(jobs) > limit,
-        )
+        return JobPage(jobs=[await self._view(job) for job in jobs[:limit]], has_more=len(jobs) > limit)
 
     async def watch(self, owner: str, job_id: str, seen: Job | None, timeout_s: float) -> Job | None:
         """The job as soon as it differs from `seen`, or as it is after `timeout_s` (long poll)."""
@@ -212,7 +207,7 @@ class Jobs:
         job = await self.get(owner, job_id)
         if job is None or job.finished:
             return job
-        await self._dispatcher.finish(job.id, "cancelled")
+        await self._dispatcher.finish(job.id, JobStatus.CANCELLED)
         return await self.get(owner, job_id)
 
     async def delete(self, owner: str, job_id: str) -> bool:
@@ -243,8 +238,7 @@ class Jobs:
         if earlier.request_hash == submission.request_hash:
             return await self._view(earlier.job)
         return Refusal(
-            status=409,
-            code="idempotency_conflict",
+            code=ErrorCode.IDEMPOTENCY_CONFLICT,
             message="This Idempotency-Key was already used with a different request body.",
             param="Idempotency-Key",
         )
@@ -271,7 +265,7 @@ class Jobs:
                 await asyncio.sleep(1.0)
 
     async def _count(self) -> None:
-        self._metrics.counts(await self._store.count("queued"), await self._store.count("in_progress"))
+        self._metrics.counts(await self._store.count(JobStatus.QUEUED), await self._store.count(JobStatus.IN_PROGRESS))
 
     async def _every(self, period_s: float, work) -> None:
         while True:
@@ -282,6 +276,6 @@ class Jobs:
                 logger.exception("periodic %s failed; trying again", getattr(work, "__name__", work))
 
     async def _view(self, job: Job) -> Job:
-        if job.status != "queued":
+        if job.status != JobStatus.QUEUED:
             return job
         return job.model_copy(update={"queue_position": await self._store.queue_position(job.id)})

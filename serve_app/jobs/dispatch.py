@@ -18,6 +18,7 @@ from ray.exceptions import RayActorError
 from serve_app.common.metrics import JobMetrics
 from serve_app.common.storage import REFERENCE, THUMBNAIL, VIDEO, ResultStorage
 from serve_app.common.tasks import spawn
+from serve_app.error_codes import ErrorCode
 from serve_app.jobs.store import JobStore
 from serve_app.jobs.webhooks import event
 from serve_app.messages import (
@@ -26,6 +27,7 @@ from serve_app.messages import (
     GenerationResult,
     Job,
     JobError,
+    JobStatus,
     JobTimings,
     Progress,
     Started,
@@ -99,7 +101,7 @@ class Dispatcher:
     async def finish(
         self,
         job_id: str,
-        status: str,
+        status: JobStatus,
         error: JobError | None = None,
         details: VideoDetails | None = None,
         result: GenerationResult | None = None,
@@ -113,7 +115,7 @@ class Dispatcher:
         job = stored.job.model_copy(
             update={
                 "status": status,
-                "progress": 100 if status == "completed" else stored.job.progress,
+                "progress": 100 if status == JobStatus.COMPLETED else stored.job.progress,
                 "completed_at": now,
                 "expires_at": now + int(self._retention_s),
                 "error": error,
@@ -121,7 +123,7 @@ class Dispatcher:
             }
         )
         webhook = None
-        if stored.webhook_url and status in ("completed", "failed"):
+        if stored.webhook_url and status in (JobStatus.COMPLETED, JobStatus.FAILED):
             message_id = "msg_" + secrets.token_hex(12)
             webhook = (message_id, event(job, message_id))
         stored_bytes = len(result.video_mp4) + len(result.thumbnail_jpeg) if result else 0
@@ -153,7 +155,7 @@ class Dispatcher:
                 elif isinstance(message, Progress):
                     following = await self._progress(job_id, message)
                 elif isinstance(message, GenerationFailure):
-                    await self.finish(job_id, "failed", JobError(code=message.code, message=message.message))
+                    await self.finish(job_id, JobStatus.FAILED, JobError(code=message.code, message=message.message))
                     return
                 else:
                     await self._complete(running, message)
@@ -173,7 +175,7 @@ class Dispatcher:
             return False
         running.started_at = time.time()
         job = stored.job.model_copy(
-            update={"status": "in_progress", "started_at": int(running.started_at), "worker": started.worker}
+            update={"status": JobStatus.IN_PROGRESS, "started_at": int(running.started_at), "worker": started.worker}
         )
         if not await self._store.start(job, self._runner):
             # Cancelled, or handed over to another replica, just as the generator took it.
@@ -208,19 +210,19 @@ class Dispatcher:
         started_at = running.started_at or time.time()
         timings = JobTimings(queued_s=round(started_at - running.queued_at, 3), **result.timings.model_dump())
         details = stored.job.details.model_copy(update={"model": result.model, "timings": timings})
-        await self.finish(job_id, "completed", details=details, result=result)
+        await self.finish(job_id, JobStatus.COMPLETED, details=details, result=result)
 
     async def _failed(self, job_id: str, exc: Exception) -> None:
         if isinstance(exc, RayActorError):
             error = JobError(
-                code="replica_died",
+                code=ErrorCode.REPLICA_DIED,
                 message="The generator replica running this job stopped (its process died). "
                 "The job is not retried: submit it again.",
             )
         else:
             error = JobError(
-                code="generation_failed",
+                code=ErrorCode.GENERATION_FAILED,
                 message=f"Generation failed; the server log has the details under job id {job_id}.",
             )
         logger.error("job %s: %s", job_id, error.message, exc_info=exc)
-        await self.finish(job_id, "failed", error)
+        await self.finish(job_id, JobStatus.FAILED, error)

@@ -14,14 +14,15 @@
 import asyncio
 import logging
 
+from serve_app.error_codes import ErrorCode
 from serve_app.jobs.dispatch import Dispatcher
 from serve_app.jobs.store import JobStore
-from serve_app.messages import JobError
+from serve_app.messages import JobError, JobStatus
 
 logger = logging.getLogger(__name__)
 
 INTERRUPTED = JobError(
-    code="interrupted",
+    code=ErrorCode.INTERRUPTED,
     message="The jobs replica following this job stopped while it ran (a crash); submit it again.",
 )
 
@@ -55,11 +56,11 @@ class Handover:
             return
         async with self._adopting:
             for orphan in await self._store.adopt(self._runner, self._silent_s):
-                if orphan.status == "queued":
+                if orphan.status == JobStatus.QUEUED:
                     logger.info("job %s: adopted, dispatching", orphan.job_id)
                     await self._dispatcher.dispatch(orphan.job_id)
                 else:
-                    await self._dispatcher.finish(orphan.job_id, "failed", INTERRUPTED)
+                    await self._dispatcher.finish(orphan.job_id, JobStatus.FAILED, INTERRUPTED)
 
     async def stop(self) -> None:
         """Hand over the jobs not started, follow the running ones to their end, leave."""

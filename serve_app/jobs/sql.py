@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 from serve_app.jobs.store import DuplicateKey, NewJob, Orphan, StoredJob, Webhook
-from serve_app.messages import GenerationRequest, Job
+from serve_app.messages import GenerationRequest, Job, JobStatus
 
-ACTIVE = "('queued', 'in_progress')"
+# The statuses a job may still leave, as an SQL list.
+ACTIVE = "(" + ", ".join(f"'{status}'" for status in JobStatus if not status.is_terminal) + ")"
 
 
 class Transaction(Protocol):
@@ -132,7 +133,7 @@ class SqlStore:
         )
         return ahead
 
-    async def count(self, status: str, owner: str | None = None) -> int:
+    async def count(self, status: JobStatus, owner: str | None = None) -> int:
         query = "SELECT COUNT(*) FROM jobs WHERE status = ?" + (" AND owner = ?" if owner else "")
         ((count,),) = await self._read(query, (status, owner) if owner else (status,))
         return count
@@ -244,7 +245,7 @@ class SqlStore:
             )
             for _, job_id, _ in rows:
                 await self._changed(tx, job_id)
-        return [Orphan(job_id, status) for _, job_id, status in sorted(rows)]
+        return [Orphan(job_id, JobStatus(status)) for _, job_id, status in sorted(rows)]
 
     # The webhook outbox.
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from serve_app.messages import GenerationRequest, Job
+from serve_app.messages import GenerationRequest, Job, JobStatus
 
 # Yielded by `changes` when any job may have changed unseen (a lost connection, re-established).
 EVERY_JOB = "*"
@@ -23,6 +23,9 @@ class DuplicateKey(Exception):
 
 @dataclass(frozen=True)
 class StoredJob:
+    """A job's record, the store's own: its state (the message the Ingress gets, `messages.Job`,
+    kept without its queue position, which is counted on reading) and what only Jobs keeps."""
+
     job: Job
     owner: str
     runner: str | None
@@ -46,7 +49,7 @@ class Orphan:
     """A job adopted from a Jobs replica that stopped beating (or that released it)."""
 
     job_id: str
-    status: str
+    status: JobStatus
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ class JobStore(Protocol):
     async def queue_position(self, job_id: str) -> int:
         """1 for the next job to start."""
 
-    async def count(self, status: str, owner: str | None = None) -> int: ...
+    async def count(self, status: JobStatus, owner: str | None = None) -> int: ...
 
     async def usage(self, owner: str) -> tuple[int, int]:
         """The owner's stored jobs and their stored bytes."""

@@ -62,13 +62,14 @@ class WebhookSender:
 
 
 def event(job: Job, message_id: str) -> bytes:
-    """The body of the event `video.<status>` with the job."""
+    """The body of the event `video.<status>` with the job, as the API shows it (`api.resources.Video`,
+    which Jobs may not import: that it is the same is checked in tests/api/test_resources.py)."""
     return json.dumps(
         {
             "id": message_id,
             "object": "event",
             "type": f"video.{job.status}",
             "created_at": int(time.time()),
-            "data": job.model_dump(mode="json"),
+            "data": {**job.model_dump(mode="json"), "object": "video"},
         }
     ).encode()

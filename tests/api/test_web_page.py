@@ -15,6 +15,8 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from support.media import png_bytes
 from support.service import API_KEYS, ROOT, SLOW
 
+from serve_app.api.page import render, server_values
+
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright's own browser download cannot work offline
@@ -152,6 +154,29 @@ def test_the_page_refuses_what_the_server_refuses_with_its_message(page, client,
     number = int(value) if field != "Guidance" else float(value)
     server = client.post("/v1/videos", json={"prompt": "x", param: number}).json()["error"]["message"]
     expect(page.get_by_role("alert")).to_have_text(server)
+
+
+def test_the_page_shows_the_bounds_and_defaults_the_server_writes_in(browser):
+    """With other values written in, the page offers and checks those: it hard-codes none."""
+    values = server_values()
+    values["fields"]["num_inference_steps"].update(maximum=77, default=33)
+    values["fields"]["num_frames"].update(minimum=41, maximum=61, default=49)
+    values["fields"]["width"]["default"], values["fields"]["height"]["default"] = 512, 512
+    values["max_text_chars"] = 500
+    page = browser.new_page()
+    page.route("http://page.test/", lambda route: route.fulfill(content_type="text/html", body=render(values)))
+    page.goto("http://page.test/")
+    expect(page.locator("#num_inference_steps-hint")).to_have_text("(1-77, default 33)")
+    expect(page.locator("#num_inference_steps")).to_have_attribute("max", "77")
+    frames = page.locator("#num_frames option").evaluate_all("(options) => options.map((o) => Number(o.value))")
+    assert frames == [41, 45, 49, 53, 57, 61] and page.locator("#num_frames").input_value() == "49"
+    assert page.locator("#size").input_value() == "512x512"
+    expect(page.locator("#prompt")).to_have_attribute("maxlength", "500")
+    page.get_by_label("Prompt", exact=True).fill("a fox")
+    page.get_by_label(re.compile("^Steps")).fill("78")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.get_by_role("alert")).to_have_text("num_inference_steps: Input should be less than or equal to 77")
+    page.close()
 
 
 def test_every_control_is_labelled_and_a_phone_screen_fits(page):

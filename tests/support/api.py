@@ -12,7 +12,7 @@ from serve_app.api.slots import stream_slots, submission_slots
 from serve_app.common.outbound import OutboundPolicy
 from serve_app.common.storage import ResultStorage
 from serve_app.config import AppArgs
-from serve_app.messages import Job, JobList, Submission
+from serve_app.messages import Job, JobPage, JobStatus, Submission
 
 KEY = "k"
 KEY_ID = ApiKeys([KEY]).identify(KEY)  # what the routes know the caller by
@@ -41,7 +41,9 @@ class FakeJobs:
         self.admit = Call(lambda *args: None)
         self.submit = Call(self._submit)
         self.get = Call(lambda owner, job_id: self._job)
-        self.watch = Call(lambda owner, job_id, seen, timeout_s: seen.model_copy(update={"status": "cancelled"}))
+        self.watch = Call(
+            lambda owner, job_id, seen, timeout_s: seen.model_copy(update={"status": JobStatus.CANCELLED})
+        )
         self.cancel = Call(lambda owner, job_id: self._job)
         self.delete = Call(lambda owner, job_id: self._job is not None)
         self.page = Call(self._page)
@@ -57,12 +59,10 @@ class FakeJobs:
         )  # fmt: skip
         return self._job
 
-    def _page(self, owner: str, after: str | None, limit: int, newest_first: bool) -> JobList | None:
+    def _page(self, owner: str, after: str | None, limit: int, newest_first: bool) -> JobPage | None:
         if after is not None:
             return None
-        data = [self._job] if self._job else []
-        ids = [job.id for job in data] or [None]
-        return JobList(data=data, first_id=ids[0], last_id=ids[-1], has_more=False)
+        return JobPage(jobs=[self._job] if self._job else [], has_more=False)
 
 
 async def one_generator() -> int:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import httpx
 
+from serve_app.messages import JobStatus
+
 ROOT = Path(__file__).resolve().parents[2]
 API_KEYS = ("test-key-one", "test-key-two")
 # Small caps so that the over-the-limit tests stay small too.
@@ -31,7 +33,6 @@ SMALL = {"height": 64, "width": 64, "num_frames": 25, "num_inference_steps": 2}
 # A job that denoises for seconds (100 steps) and would decode for many more: long enough to be
 # cancelled, killed or queued behind while it runs.
 SLOW = {"height": 256, "width": 256, "num_frames": 121, "num_inference_steps": 100}
-FINISHED = {"completed", "failed", "cancelled"}
 
 
 def submit(client: httpx.Client, **body) -> dict:
@@ -40,7 +41,9 @@ def submit(client: httpx.Client, **body) -> dict:
     return response.json()
 
 
-def wait_for(client: httpx.Client, job_id: str, until=lambda job: job["status"] in FINISHED, timeout: float = 180):
+def wait_for(
+    client: httpx.Client, job_id: str, until=lambda job: JobStatus(job["status"]).is_terminal, timeout: float = 180
+):
     """Poll the job until `until(job)`; the job."""
     deadline = time.monotonic() + timeout
     while True:

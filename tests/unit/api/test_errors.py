@@ -7,7 +7,7 @@ import logging
 from fastapi.testclient import TestClient
 from support.api import AUTH, FakeJobs, api
 
-from serve_app.messages import JobError
+from serve_app.messages import JobError, JobStatus
 
 SECRET = "device-side assert at /opt/internal/kernels.cu:42"
 
@@ -19,7 +19,7 @@ class FailingJobs(FakeJobs):
         super().__init__()
         error = JobError(code="generation_failed", message="Generation failed; the server log has the details.")
         self.watch.answer = lambda owner, job_id, seen, timeout_s: seen.model_copy(
-            update={"status": "failed", "error": error}
+            update={"status": JobStatus.FAILED, "error": error}
         )
 
 

@@ -24,6 +24,7 @@ from serve_app.api.images import decode_base64
 from serve_app.api.openai_form import frames_for, map_form, nearest_size
 from serve_app.api.parsing import content_length
 from serve_app.common.storage import VIDEO, ResultStorage
+from serve_app.messages import JobStatus
 
 
 @pytest.fixture
@@ -113,7 +114,7 @@ def test_a_key_holds_at_most_its_share_of_event_streams_and_gives_each_back(tmp_
     for give_back in held[1:]:
         give_back()
     # A stream that runs to its end (the job finished) gives its slot back.
-    jobs._job = jobs._job.model_copy(update={"status": "cancelled"})
+    jobs._job = jobs._job.model_copy(update={"status": JobStatus.CANCELLED})
     for _ in range(3):
         assert client.get("/v1/videos/video_x/events", headers=AUTH).status_code == 200
     assert streams.take(KEY_ID) and streams.take(KEY_ID)
@@ -151,7 +152,7 @@ def test_a_range_of_thousands_of_digits_is_ignored_not_a_500(served, tmp_path):
     client, jobs = served
     client.post("/v1/videos", json={"prompt": "a fox"}, headers=AUTH)
     ResultStorage(str(tmp_path / "results")).write("video_x", {VIDEO: b"0123456789"})
-    jobs._job = jobs._job.model_copy(update={"status": "completed"})
+    jobs._job = jobs._job.model_copy(update={"status": JobStatus.COMPLETED})
     response = client.get("/v1/videos/video_x/content", headers={**AUTH, "Range": "bytes=" + "9" * 5000 + "-"})
     assert response.status_code == 200 and response.content == b"0123456789"
 

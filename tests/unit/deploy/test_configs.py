@@ -13,7 +13,7 @@ from ray.serve.schema import (
 from support.configs import unknown_keys
 
 from serve_app.config import AppArgs
-from serve_app.deployments import GENERATOR, GENERATOR_MAX_ONGOING_REQUESTS, INGRESS, JOBS
+from serve_app.deployments import GENERATOR, GPUS_PER_GENERATOR, INGRESS, JOBS, options
 
 ROOT = Path(__file__).resolve().parents[3]
 CONFIGS = ["serve_config.yaml", "serve_config.local.yaml"]
@@ -65,9 +65,11 @@ def test_production_config_serves_the_real_model_one_gpu_per_replica():
     args = AppArgs.model_validate(config["applications"][0]["args"])
     assert args.model == "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
     generator = deployments(config)["Generator"]
-    assert generator["ray_actor_options"]["num_gpus"] == 1
-    # One job at a time, set in serve_app/app.py: a config that set it too could contradict it.
-    assert GENERATOR_MAX_ONGOING_REQUESTS == 1 and "max_ongoing_requests" not in generator
+    # Its GPU and one job at a time are the code's: a config that set them too could contradict
+    # it (and a config's ray_actor_options would replace the code's whole).
+    code = options(args)[GENERATOR]
+    assert code["ray_actor_options"]["num_gpus"] == GPUS_PER_GENERATOR == 1 and code["max_ongoing_requests"] == 1
+    assert "ray_actor_options" not in generator and "max_ongoing_requests" not in generator
     # Safe defaults: the guide's largest video, and a deadline on every generation.
     assert args.max_video_pixels == 1280 * 704 * 121 and args.max_generation_s
     # SQLite on one machine: one Jobs replica (PostgreSQL for more).
@@ -84,6 +86,7 @@ def test_local_config_is_cpu_and_tiny():
     config = load("serve_config.local.yaml")
     args = AppArgs.model_validate(config["applications"][0]["args"])
     assert (args.model, args.device) == ("tiny", "cpu")
-    assert deployments(config)["Generator"]["ray_actor_options"]["num_gpus"] == 0
+    assert "ray_actor_options" not in deployments(config)["Generator"]
+    assert options(args)[GENERATOR]["ray_actor_options"].get("num_gpus", 0) == 0
     assert config["http_options"]["host"] == "127.0.0.1"
     assert config["http_options"]["port"] == 8000

@@ -21,6 +21,7 @@ from support.service import ROOT
 from serve_app.api.auth import KEYS_ENV
 from serve_app.common import metrics
 from serve_app.config import DATABASE_URL_ENV, SECRET_ENV
+from serve_app.deployments import GPUS_PER_GENERATOR
 
 DEPLOY = ROOT / "deploy"
 CRD = Path(__file__).with_name("kuberay") / "ray.io_rayservices.v1.5.0.yaml"
@@ -142,7 +143,7 @@ def test_the_cluster_fits_the_application():
     assert "nvidia.com/gpu" not in cpu["template"]["spec"]["containers"][0]["resources"]["limits"]
     # One GPU per worker pod, one GPU per generator replica, as many pods as replicas at most.
     limits = gpu["template"]["spec"]["containers"][0]["resources"]["limits"]
-    assert limits["nvidia.com/gpu"] == generator["ray_actor_options"]["num_gpus"] == 1
+    assert limits["nvidia.com/gpu"] == GPUS_PER_GENERATOR and "ray_actor_options" not in generator
     assert gpu["maxReplicas"] == generator["autoscaling_config"]["max_replicas"]
     assert gpu["minReplicas"] == generator["autoscaling_config"]["min_replicas"]
     assert gpu["template"]["spec"]["tolerations"] and gpu["template"]["spec"]["nodeSelector"]

@@ -1,0 +1,18 @@
+"""`wan-client`'s help: the request's bounds and defaults as the service's request model has them
+(its bounds are limits.py's)."""
+
+from serve_app.api.protocol import VideoRequest
+from serve_app.client.cli import build_parser
+from serve_app.limits import MAX_FPS, MAX_FRAMES, MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, MIN_FRAMES, MIN_SIDE
+
+
+def test_the_help_gives_the_bounds_of_limits_and_the_defaults_of_the_request():
+    parser = build_parser()
+    generate = parser._subparsers._group_actions[0].choices["generate"]
+    helps = {action.dest: action.help for action in generate._actions}
+    defaults = {name: field.default for name, field in VideoRequest.model_fields.items()}
+    assert helps["height"] == f"multiple of 32, {MIN_SIDE}-{MAX_SIDE} (default {defaults['height']})"
+    assert helps["num_frames"] == f"4n+1, {MIN_FRAMES}-{MAX_FRAMES} (default {defaults['num_frames']})"
+    assert helps["num_inference_steps"] == f"1-{MAX_STEPS} (default {defaults['num_inference_steps']})"
+    assert helps["guidance_scale"] == f"1.0-{MAX_GUIDANCE} (default {defaults['guidance_scale']})"
+    assert helps["fps"] == f"1-{MAX_FPS} (default {defaults['fps']})"
