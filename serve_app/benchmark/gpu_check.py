@@ -6,22 +6,31 @@ measured; sections that would not fit the budget are recorded as skipped.
     make gpu-wheels                     # here: the wheels a GPU machine's image lacks, into .whl/
     bash benchmarks/gpu_check.sh        # there: installs them, runs this, JSON into benchmarks/results/
 
-    python -m serve_app.benchmark.gpu_check --out DIR [--budget-s 330] [--size 1280x704x121] [--steps 3]
+    python -m serve_app.benchmark.gpu_check --out DIR [--budget-s 330] [--size 1280x704x121] [--steps 3] \\
+        [--gpu-gib N] [--only SECTION]... [--skip SECTION]...
     python -m serve_app.benchmark.gpu_check --model tiny --device cpu --size 64x64x25 --out DIR  (the CPU test)
 
-Sections, in order: the default configuration (plan, dtypes, every stage, peak memory beside the
-memory model's prediction, TFLOP/s and the ratio to the floor); guidance one pass at a time; each
-attention backend that runs here; fast mode (time a step, blocks skipped); VAE tiling off and on;
-the text encoder kept on the GPU or brought there per job; the memory model against measured peaks
-at three sizes; and last, compilation (regional, then full: first-call time and time a step).
-Speed options are compared on the latents they make from the same seed (max absolute difference
-against the default's).
+Sections, in order, so that one call of at most 6 minutes measures at least the first four: the
+default configuration (plan, dtypes, every stage, peak memory beside the memory model's prediction,
+TFLOP/s and the ratio to the floor); the memory model against measured peaks at three sizes (and
+what the plan refuses or runs out of memory on); compilation, regional then full (the replica's
+warm-up time, then the time a step); then guidance one pass at a time; each attention backend that
+runs here; fast mode (time a step, blocks skipped); VAE tiling off and on; the text encoder kept on
+the GPU or brought there per job. `--only SECTION` runs only the sections named, `--skip SECTION`
+all but those. Speed options are compared on the latents they make from the same seed (max
+absolute difference against the default's).
+
+`--gpu-gib N` caps this process's GPU memory at N GiB (the CUDA allocator's per-process fraction)
+and plans for N GiB free, as a replica on a smaller card would: one large GPU measures the plan,
+the peaks and the refusals of each class (22, 44, 79: what 24, 48 and 80 GB cards have free). The
+speed stays the large GPU's, and the JSON says so.
 """
 
 import argparse
 import dataclasses
 import datetime
 import json
+import os
 import re
 import time
 import traceback
@@ -45,22 +54,34 @@ from serve_app.benchmark.measure import (
 )
 from serve_app.capacity import GiB
 from serve_app.config import AppArgs
-from serve_app.engine.model import decode_to_uint8, prepare_model
+from serve_app.engine.errors import VideoTooLarge
+from serve_app.engine.model import (
+    LoadedModel,
+    decode_to_uint8,
+    prepare_model,
+    resolve_device,
+    use_expandable_segments,
+)
 from serve_app.engine.pipeline import PipelineRunner
 from serve_app.engine.speedups import remove_speedups, set_first_working_backend, set_vae_tiling
 
 ATTENTION_BACKENDS = ("_flash_3", "flash", "_native_cudnn", "_native_flash", "_native_efficient", "native", "sage")
 MEMORY_SIZES = ((640, 352, 49), (960, 544, 81), (1280, 704, 121))
 FAST_STEPS = 8  # fast mode skips only once consecutive steps are alike
+SECTIONS = (
+    "default", "memory_model", "compile_regional", "compile_full", "cfg_batch_off", "attention_backends",
+    "fast_mode", "vae_tiling", "text_encoder",
+)  # fmt: skip
 
 
 class Check:
     """The figures of one run, written to `path` after every section."""
 
-    def __init__(self, path: Path, budget_s: float, skip: list[str]) -> None:
+    def __init__(self, path: Path, budget_s: float, skip: list[str], only: list[str]) -> None:
         self.path = path
         self.deadline = time.monotonic() + budget_s
         self.skip = set(skip)
+        self.only = set(only)
         self.figures: dict = {"started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
     def section(self, name: str, estimate_s: float, run: Callable[[], dict]) -> None:
@@ -68,6 +89,8 @@ class Check:
         left = self.deadline - time.monotonic()
         if name in self.skip:
             self.figures[name] = {"skipped": "asked for (--skip)"}
+        elif self.only and name not in self.only:
+            self.figures[name] = {"skipped": "not asked for (--only)"}
         elif left < estimate_s:
             self.figures[name] = {"skipped": f"about {estimate_s:.0f} s needed, {max(0, left):.0f} s left"}
         else:
@@ -83,13 +106,20 @@ def run_check(opts: argparse.Namespace) -> Path:
     width, height, frames = (int(side) for side in opts.size.split("x"))
     args = AppArgs(model=opts.model, device=opts.device, cache_dir=BENCHMARK_CACHE, warmup_size=opts.size)
     started = time.monotonic()
-    model = build(args, random_weights=opts.model == RANDOM_WEIGHTS)
+    device = resolve_device(opts.device)
+    # What every plan of this run counts on, read once before anything is placed (as a replica
+    # does), so that the compiled sections' plans do not count the weights already placed.
+    free = planned_free_bytes(device, opts.gpu_gib)
+    random_weights = opts.model == RANDOM_WEIGHTS
+    if opts.gpu_gib and not random_weights:
+        raise ValueError("--gpu-gib plans the random full-size weights only")
+    model = build(args, random_weights, free_bytes=free if random_weights else None)
     runner = PipelineRunner(model)
-    device = model.device
     gpu = runner.description["device"]
-    path = opts.out / f"{_slug(gpu)}-{datetime.date.today().isoformat()}.json"
+    cap = f"-{opts.gpu_gib:g}gib" if opts.gpu_gib else ""
+    path = opts.out / f"{_slug(gpu)}{cap}-{datetime.date.today().isoformat()}.json"
     opts.out.mkdir(parents=True, exist_ok=True)
-    check = Check(path, opts.budget_s - (time.monotonic() - started), opts.skip)
+    check = Check(path, opts.budget_s - (time.monotonic() - started), opts.skip, opts.only)
     check.figures.update({
         "gpu": gpu,
         "torch": torch.__version__,
@@ -99,9 +129,16 @@ def run_check(opts: argparse.Namespace) -> Path:
         "options": model.options,
         "plan": str(model.plan),
         "dtypes": dtypes(model),
+        "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
     })  # fmt: skip
     if device.type == "cuda":
         check.figures["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / GiB, 1)
+        check.figures["planned_free_gib"] = round(free / GiB, 1)
+    if opts.gpu_gib:
+        # The class the run stands for, in the GPU table; its speed is not that class's.
+        check.figures["gpu_memory_gib"] = opts.gpu_gib
+        check.figures["gpu_gib_cap"] = opts.gpu_gib
+        check.figures["speed_of"] = f"the {gpu}'s, not a {opts.gpu_gib:g} GiB card's (its plan, peaks and refusals)"
     generation = request(width, height, frames, opts.steps)
     flops_per_pass = transformer_flops(model.t2v.transformer.config, width, height, frames)
     matmul_peak = matmul_peak_tflops(device)
@@ -204,14 +241,24 @@ def run_check(opts: argparse.Namespace) -> Path:
         return figures
 
     def memory_model() -> dict:
+        """Each size's measured peak beside the prediction; or the plan's refusal, or the GPU's
+        out-of-memory error (after which the replica, like this, empties the cache and goes on)."""
         figures = {}
         for w, h, f in MEMORY_SIZES:
             if model.capacity is None:
                 break
             sized = request(w, h, f, 1)
-            reset_peak(device)
-            runner.run(sized)
             predicted = model.capacity.peak_bytes(w, h, f, True, False)
+            reset_peak(device)
+            try:
+                runner.run(sized)
+            except VideoTooLarge as exc:
+                figures[f"{w}x{h}x{f}"] = {"refused": str(exc), "predicted_gib": round(predicted / GiB, 2)}
+                continue
+            except torch.OutOfMemoryError as exc:
+                torch.cuda.empty_cache()
+                figures[f"{w}x{h}x{f}"] = {"out_of_memory": str(exc)[:300], "predicted_gib": round(predicted / GiB, 2)}
+                continue
             measured = torch.cuda.max_memory_allocated(device)
             figures[f"{w}x{h}x{f}"] = {
                 "measured_gib": round(measured / GiB, 2),
@@ -220,35 +267,62 @@ def run_check(opts: argparse.Namespace) -> Path:
             }
         return figures
 
+    def prepared(mode: str) -> LoadedModel:
+        """The same weights, prepared again as a replica with `compile: mode` and this plan would be."""
+        remove_speedups(model.t2v.transformer)
+        plan = model.plan
+        options = dataclasses.replace(
+            args.pipeline_options, compile=mode, memory_mode=plan.memory_mode,
+            vae_tiling="on" if plan.vae_tiling else "off", cfg_batch=plan.cfg_batch,
+        )  # fmt: skip
+        return prepare_model(model.name, model.t2v, device, options, free)
+
     def compiled(mode: str) -> Callable[[], dict]:
         def run() -> dict:
-            # The same weights, prepared again as a replica with `compile: mode` and this plan would be.
-            remove_speedups(model.t2v.transformer)
-            plan = model.plan
-            options = dataclasses.replace(
-                args.pipeline_options, compile=mode, memory_mode=plan.memory_mode,
-                vae_tiling="on" if plan.vae_tiling else "off", cfg_batch=plan.cfg_batch,
-            )  # fmt: skip
-            compiled_runner = PipelineRunner(prepare_model(model.name, model.t2v, device, options))
-            begun = clock(device)
-            compiled_runner.warm_up(opts.size)
-            warmup_s = clock(device) - begun
-            step_s, latents = timed_denoising(compiled_runner, generation)
+            nonlocal model, runner
+            try:
+                compiled_runner = PipelineRunner(prepared(mode))
+                begun = clock(device)
+                compiled_runner.warm_up(opts.size)
+                warmup_s = clock(device) - begun
+                step_s, latents = timed_denoising(compiled_runner, generation)
+            finally:
+                # The sections after this one measure the default configuration's options.
+                model = prepared("off")
+                runner = PipelineRunner(model)
             return {"warmup_s": round(warmup_s, 1), "step_s": round(step_s, 4), **_difference(latents, reference)}
 
         return run
 
     estimate = opts.step_estimate_s
+    # What the check is for comes first: the default, the memory model, compilation.
     check.section("default", 4 * estimate * opts.steps + 60, default)
+    check.section("memory_model", 60, memory_model)
+    check.section("compile_regional", 120, compiled("regional"))
+    check.section("compile_full", 150, compiled("full"))
     check.section("cfg_batch_off", 2 * estimate * opts.steps, sequential_guidance)
     check.section("attention_backends", len(ATTENTION_BACKENDS) * estimate * opts.steps, attention)
     check.section("fast_mode", 3 * estimate * FAST_STEPS, fast_mode)
     check.section("vae_tiling", 60, vae_tiling)
     check.section("text_encoder", 10, text_encoder)
-    check.section("memory_model", 60, memory_model)
-    check.section("compile_regional", 120, compiled("regional"))
-    check.section("compile_full", 180, compiled("full"))
     return path
+
+
+def planned_free_bytes(device: torch.device, gpu_gib: float | None) -> int | None:
+    """The GPU memory the plans of this run count on: what the device has free now, before anything
+    is placed; with `gpu_gib`, that much, the process capped there (the CUDA allocator refuses
+    more, as a card of that size would). None on a CPU."""
+    if device.type != "cuda":
+        if gpu_gib:
+            raise ValueError("--gpu-gib caps a GPU's memory: this run has none")
+        return None
+    if not gpu_gib:
+        return torch.cuda.mem_get_info(device)[0]
+    total = torch.cuda.get_device_properties(device).total_memory
+    if gpu_gib * GiB > total:
+        raise ValueError(f"--gpu-gib {gpu_gib:g}: this GPU has {total / GiB:.1f} GiB")
+    torch.cuda.set_per_process_memory_fraction(gpu_gib * GiB / total, device)
+    return int(gpu_gib * GiB)
 
 
 def _extrapolated(timings: dict, step_s: float) -> dict[str, float]:
@@ -276,9 +350,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget-s", type=float, default=330, help="stop starting sections after this")
     parser.add_argument("--step-estimate-s", type=float, default=2.5, help="a step's expected time, for budgeting")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--skip", action="append", default=[], metavar="SECTION", help="a section not to run")
+    parser.add_argument("--skip", action="append", default=[], choices=SECTIONS, help="a section not to run")
+    parser.add_argument("--only", action="append", default=[], choices=SECTIONS, help="run only the sections named")
+    parser.add_argument("--gpu-gib", type=float, help="cap the GPU memory at N GiB: stand for a smaller card")
     opts = parser.parse_args(argv)
-    print(run_check(opts))
+    # Before anything touches the GPU: the allocator reads it once.
+    use_expandable_segments()
+    try:
+        print(run_check(opts))
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 if __name__ == "__main__":

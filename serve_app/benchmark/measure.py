@@ -13,7 +13,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from serve_app.config import AppArgs
 from serve_app.engine.full_size import full_size_pipeline
-from serve_app.engine.model import LoadedModel, load_model, prepare_model, resolve_device, resolve_dtype
+from serve_app.engine.model import (
+    LoadedModel,
+    load_model,
+    prepare_model,
+    resolve_device,
+    resolve_dtype,
+    use_expandable_segments,
+)
 from serve_app.engine.pipeline import PipelineRunner
 from serve_app.messages import DEFAULT_NEGATIVE_PROMPT, GenerationRequest
 
@@ -22,14 +29,18 @@ TEXT_TOKENS = 512  # prompts are padded to it (pipeline.MAX_SEQUENCE_LENGTH)
 RANDOM_WEIGHTS = "random full-size Wan2.2-TI2V-5B"
 
 
-def build(args: AppArgs, random_weights: bool) -> LoadedModel:
+def build(args: AppArgs, random_weights: bool, free_bytes: int | None = None) -> LoadedModel:
     """The model exactly as a replica prepares it: the checkpoint of `args.model`, or with
-    `random_weights` the full-size modules built on the device (no download)."""
+    `random_weights` the full-size modules (no download), built on the host in the replica's
+    dtypes as from_pretrained loads them, then placed by the memory plan, which counts on
+    `free_bytes` of GPU memory (default, and always for a checkpoint: what the device has free)."""
     device = resolve_device(args.device)
     options = args.pipeline_options
+    if device.type == "cuda":
+        use_expandable_segments()
     if random_weights:
-        pipe = full_size_pipeline(device, resolve_dtype(options.dtype, device))
-        return prepare_model(RANDOM_WEIGHTS, pipe, device, options)
+        pipe = full_size_pipeline(torch.device("cpu"), resolve_dtype(options.dtype, device))
+        return prepare_model(RANDOM_WEIGHTS, pipe, device, options, free_bytes)
     return load_model(args.model, device, args.cache_dir, options)
 
 

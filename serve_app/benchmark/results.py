@@ -29,16 +29,21 @@ def gpu_class(memory_gib: float) -> str:
 
 
 def newest_by_class(folder: Path = RESULTS) -> dict[str, tuple[str, dict]]:
-    """The newest run of each GPU class: (file name, figures). A run is newest by its start time."""
+    """The newest run of each GPU class: (file name, figures). A run on a card of the class comes
+    before one on a larger card capped to its memory (`--gpu-gib`); then the newest by start time."""
     runs: dict[str, tuple[str, dict]] = {}
     for path in sorted(folder.glob("*.json")):
         figures = json.loads(path.read_text())
         if "gpu_memory_gib" not in figures:  # a CPU run of the check
             continue
         name = gpu_class(figures["gpu_memory_gib"])
-        if name not in runs or figures["started"] > runs[name][1]["started"]:
+        if name not in runs or _rank(figures) > _rank(runs[name][1]):
             runs[name] = (path.name, figures)
     return runs
+
+
+def _rank(figures: dict) -> tuple[bool, str]:
+    return "gpu_gib_cap" not in figures, figures["started"]
 
 
 def row(name: str, run: tuple[str, dict] | None) -> str:
@@ -46,13 +51,16 @@ def row(name: str, run: tuple[str, dict] | None) -> str:
         return f"| {name} | not measured | not measured | not measured | not measured | not measured | not measured | |"
     file, figures = run
     default = figures.get("default", {})
+    gpu = figures["gpu"]
+    if "gpu_gib_cap" in figures:
+        gpu = f"{gpu} capped at {figures['gpu_gib_cap']:g} GiB (its speed, not the class's)"
     if "step_s" not in default:
         reason = default.get("error") or default.get("skipped") or "no default section"
-        return f"| {name} | {figures['gpu']} | not measured ({reason[:60]}) | | | | | {file} |"
+        return f"| {name} | {gpu} | not measured ({reason[:60]}) | | | | | {file} |"
     per_job = " / ".join(f"{default['seconds_per_job'][steps]:g}" for steps in STEPS)
     peak = f"{default['peak_gpu_memory_gib']} ({default['predicted_peak_gib']})"
     return (
-        f"| {name} | {figures['gpu']} | {figures['plan']} | {default['step_s']:.3g} | {per_job} | {peak} "
+        f"| {name} | {gpu} | {figures['plan']} | {default['step_s']:.3g} | {per_job} | {peak} "
         f"| {default['ratio_to_floor']}x | [{file}](../benchmarks/results/{file}) |"
     )
 

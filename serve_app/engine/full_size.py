@@ -3,6 +3,9 @@ text_encoder/ config.json of Wan-AI/Wan2.2-TI2V-5B-Diffusers), and the pipeline 
 with random weights on any device, the meta device included. Speed and memory do not depend on
 the weights' values: the benchmark and the memory model use it, no download needed."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 TRANSFORMER_CONFIG = {
@@ -56,15 +59,17 @@ TEXT_ENCODER_CONFIG = {
 def full_size_pipeline(device: torch.device, dtype: torch.dtype):
     """The pipeline with random weights, created directly on `device` in the dtypes that
     `from_pretrained(dtype=dtype)` gives: `dtype` for the transformer and the text encoder but their
-    `_keep_in_fp32_modules`, float32 for the VAE."""
+    `_keep_in_fp32_modules`, float32 for the VAE. Created in `dtype` straight: never a float32
+    copy of all (42.4 GiB for 22.5 GiB in bf16)."""
     from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
     from serve_app.engine.tiny import build_tokenizer
 
     with torch.device(device):
-        transformer = WanTransformer3DModel(**TRANSFORMER_CONFIG)
-        text_encoder = UMT5EncoderModel(UMT5Config(**TEXT_ENCODER_CONFIG))
+        with default_dtype(dtype):
+            transformer = WanTransformer3DModel(**TRANSFORMER_CONFIG)
+            text_encoder = UMT5EncoderModel(UMT5Config(**TEXT_ENCODER_CONFIG))
         vae = AutoencoderKLWan(**VAE_CONFIG)
     for module in (transformer, text_encoder):
         cast_like_from_pretrained(module, dtype)
@@ -76,6 +81,17 @@ def full_size_pipeline(device: torch.device, dtype: torch.dtype):
         scheduler=wan_scheduler(),
         expand_timesteps=True,
     )
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """New floating-point tensors in `dtype` inside this block."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def wan_scheduler():

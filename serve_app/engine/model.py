@@ -11,12 +11,14 @@ from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanPipeline
 
 from serve_app.capacity import PLANS, Capacity, Plan
 from serve_app.config import PipelineOptions
+from serve_app.engine.checkpoint import check_files, check_tokenizer
 from serve_app.engine.errors import ModelLoadError
 from serve_app.engine.memory import MemoryTracer, choose_plan
 from serve_app.engine.speedups import (
     AttentionUnavailable,
     BatchedGuidance,
     batch_guidance,
+    beneath_offload_hook,
     choose_attention_backend,
     compile_transformer,
     place,
@@ -34,7 +36,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 _WHAT_TO_DO = (
     "Give the `model` argument a local folder holding a Diffusers-format Wan2.2 TI2V checkpoint "
     "(with model_index.json), or a Hugging Face id this machine can download (set HF_TOKEN if it "
-    "needs one; offline, download it first with `huggingface-cli download` and set HF_HUB_OFFLINE=1), "
+    "needs one; offline, download it first with `hf download` and set HF_HUB_OFFLINE=1), "
     "or use `tiny` to try the service without weights."
 )
 
@@ -70,6 +72,12 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
     return DTYPES[requested]
 
 
+def use_expandable_segments() -> None:
+    """Fewer out-of-memory errors from fragmentation, unless the environment says otherwise. Read
+    when this process first allocates GPU memory: call it before."""
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+
 def _looks_like_path(model: str) -> bool:
     return model.startswith(("/", "./", "../", "~")) or model.count("/") > 1
 
@@ -81,8 +89,7 @@ def load_model(
     to do instead."""
     options = options or PipelineOptions()
     if device.type == "cuda":
-        # Fewer out-of-memory errors from fragmentation; read when this process first uses the GPU.
-        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+        use_expandable_segments()
     if model == "tiny":
         logger.warning("Loading the `tiny` model: random weights, its videos are noise (for tests and demos).")
         source = str(ensure_tiny_checkpoint(cache_dir))
@@ -92,10 +99,13 @@ def load_model(
             raise ModelLoadError(f"{model!r} is not a folder. {_WHAT_TO_DO}")
     dtype = resolve_dtype(options.dtype, device)
     try:
+        check_files(source)
         # The VAE stays float32: a bfloat16 Wan2.2 VAE visibly degrades the decoded video.
-        # from_pretrained keeps each model's `_keep_in_fp32_modules` in float32.
-        vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", dtype=torch.float32)
-        t2v = WanPipeline.from_pretrained(source, vae=vae, dtype=dtype)
+        # from_pretrained keeps each model's `_keep_in_fp32_modules` in float32. Safetensors only:
+        # no pickles, and no fallback to `.bin` files that hides which file is missing.
+        vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", dtype=torch.float32, use_safetensors=True)
+        t2v = WanPipeline.from_pretrained(source, vae=vae, dtype=dtype, use_safetensors=True)
+        check_tokenizer(t2v.tokenizer, t2v.text_encoder.config.vocab_size)
     except Exception as exc:
         raise ModelLoadError(f"Could not load the Wan2.2 checkpoint {model!r}: {exc} {_WHAT_TO_DO}") from exc
     if not t2v.config.get("expand_timesteps"):
@@ -107,11 +117,16 @@ def load_model(
     return prepare_model(model, t2v, device, options)
 
 
-def prepare_model(name: str, t2v: WanPipeline, device: torch.device, options: PipelineOptions) -> LoadedModel:
-    """Place a loaded pipeline on `device` by its memory plan and apply the speed `options`."""
+def prepare_model(
+    name: str, t2v: WanPipeline, device: torch.device, options: PipelineOptions, free_bytes: int | None = None
+) -> LoadedModel:
+    """Place a loaded pipeline (on the host) on `device` by its memory plan and apply the speed
+    `options`. The plan counts on `free_bytes` of GPU memory, by default what the device has free
+    before anything is placed (the GPU check passes less, to stand for a smaller card)."""
     # A CPU has no memory limit to plan for: the fastest allowed plan.
     if device.type == "cuda":
-        capacity = plan_memory(memory_tracer(t2v, options), torch.cuda.mem_get_info(device)[0], options)
+        free = torch.cuda.mem_get_info(device)[0] if free_bytes is None else free_bytes
+        capacity = plan_memory(memory_tracer(t2v, options), free, options)
     else:
         capacity = None
     plan = capacity.plan if capacity else candidate_plans(options)[0]
@@ -120,9 +135,11 @@ def prepare_model(name: str, t2v: WanPipeline, device: torch.device, options: Pi
         attention = choose_attention_backend(t2v.transformer, options.attention_backend, device)
     except AttentionUnavailable as exc:
         raise ModelLoadError(f"attention_backend {options.attention_backend!r}: {exc}") from exc
-    # Compiled before the guidance hook wraps it, so that `full` compiles the model's own forward.
-    compile_transformer(t2v.transformer, options.compile)
-    guidance = batch_guidance(t2v.transformer) if plan.cfg_batch else None
+    # Compiled before the guidance hook wraps it, so that `full` compiles the model's own forward;
+    # both beneath model offload's hook, which every pipeline call installs again.
+    with beneath_offload_hook(t2v.transformer):
+        compile_transformer(t2v.transformer, options.compile)
+        guidance = batch_guidance(t2v.transformer) if plan.cfg_batch else None
     t2v.set_progress_bar_config(disable=True)
     # The same modules, uncast: `from_pipe` would cast them all to float32.
     i2v = WanImageToVideoPipeline(

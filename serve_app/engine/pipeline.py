@@ -25,12 +25,24 @@ logger = logging.getLogger(__name__)
 MAX_SEQUENCE_LENGTH = 512
 
 Report = Callable[[Progress], None]
+
+
+def _png(size: tuple[int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (128, 128, 128)).save(out, format="PNG")
+    return out.getvalue()
+
+
+# A reference image for the warm-up (the pipeline resizes it to the video's size).
+WARM_UP_IMAGE = {"image_png": _png((64, 64))}
 # The denoising graphs a request can take besides the warm-up's own (guidance in a batch of two,
-# quality mode), by compile mode: guidance off is a batch of one; `regional` also compiles the
-# blocks that fast mode's step cache wraps (`full` runs fast generations eagerly).
+# quality mode, no image), by compile mode: guidance off is a batch of one; with `full`, a
+# reference image too (the text+image pipeline passes `encoder_hidden_states_image=None`, another
+# guard of the whole graph); `regional` also compiles the blocks that fast mode's step cache wraps
+# (`full` runs fast generations eagerly).
 WARM_UP_VARIANTS: dict[str, tuple[dict, ...]] = {
     "off": (),
-    "full": ({"guidance_scale": 1.0},),
+    "full": ({"guidance_scale": 1.0}, WARM_UP_IMAGE, {**WARM_UP_IMAGE, "guidance_scale": 1.0}),
     "regional": ({"guidance_scale": 1.0}, {"speed_mode": "fast"}, {"guidance_scale": 1.0, "speed_mode": "fast"}),
 }
 

@@ -130,8 +130,10 @@ class BatchedGuidance(ModelHook):
     embeddings and the same latents, receives the half already computed.
 
     The calls must come in that order, with the very tensors given to `guiding` (the runner casts
-    the embeddings to the transformer's dtype, so the pipeline passes them through unchanged);
-    anything else raises rather than silently running every pass twice."""
+    the embeddings to the transformer's dtype, so the pipeline passes them through unchanged), or
+    copies of the same dtype and values: beneath model offload's hook, the transformer receives
+    accelerate's copies of its inputs when it was not on the execution device (on a CPU always,
+    `cpu:0` not being `cpu`); anything else raises rather than silently running every pass twice."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -144,7 +146,7 @@ class BatchedGuidance(ModelHook):
             return self.fn_ref.original_forward(hidden_states=hidden_states, **kwargs)
         if self._pending is not None:
             latents, output = self._pending
-            if text is not self.negative or latents is not hidden_states:
+            if not (_same(text, self.negative) and _same(latents, hidden_states)):
                 raise RuntimeError("batched guidance: the call after a conditional one was not its unconditional one")
             self._pending = None
             return (output,)
@@ -174,12 +176,38 @@ class BatchedGuidance(ModelHook):
             self.negative, self._pending = None, None
 
 
+@contextmanager
+def beneath_offload_hook(module: torch.nn.Module) -> Iterator[None]:
+    """What this block sets as `module.forward` goes beneath accelerate's offload hook, if the
+    module has one (`model_offload`), rather than over it.
+
+    diffusers re-runs enable_model_cpu_offload at the end of every pipeline call: accelerate then
+    resets `forward` to the `_old_forward` its hook calls, and hooks that again. A wrapper over the
+    hook (the compiled forward, batched guidance) would be gone after the first generation; one
+    beneath it is what `_old_forward` holds, and stays."""
+    if not hasattr(module, "_hf_hook"):
+        yield
+        return
+    offloaded = module.forward
+    module.forward = module._old_forward
+    try:
+        yield
+    finally:
+        module._old_forward, module.forward = module.forward, offloaded
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """The same tensor, or a copy of it: same device, dtype, shape and values."""
+    return a is b or (a.device == b.device and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b))
+
+
 def remove_speedups(transformer: torch.nn.Module) -> None:
     """Undo `compile_transformer` and `batch_guidance`: the GPU check measures several
     configurations on one set of weights."""
-    HookRegistry.check_if_exists_or_initialize(transformer).remove_hook(CFG_HOOK, recurse=False)
-    for module in (transformer, *transformer.blocks):
-        module.__dict__.pop("forward", None)  # the compiled forward, an attribute of the instance
+    with beneath_offload_hook(transformer):
+        HookRegistry.check_if_exists_or_initialize(transformer).remove_hook(CFG_HOOK, recurse=False)
+        for module in (transformer, *transformer.blocks):
+            module.__dict__.pop("forward", None)  # the compiled forward, an attribute of the instance
 
 
 def batch_guidance(transformer: torch.nn.Module) -> BatchedGuidance:

@@ -9,9 +9,21 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 
+# HD video's colours, BT.709 in limited range (what players assume for HD video). The scaler
+# converts RGB with the BT.709 matrix (its default is BT.601) and tags the frames with all four;
+# the encoder options tag the stream too, for ffmpeg releases that do not take the frames' tags
+# (9.0 takes them, and ignores the primaries and transfer options).
+BT709_FILTER = (
+    "scale=out_color_matrix=bt709:out_range=tv,"
+    "setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709:range=tv"
+)
+BT709_OPTIONS = ["-color_primaries", "bt709", "-color_trc", "bt709", "-colorspace", "bt709", "-color_range", "tv"]
+
 
 def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
-    """Encode `frames` (frames, height, width, 3; uint8 RGB) as H.264 yuv420p MP4 with +faststart.
+    """Encode `frames` (frames, height, width, 3; uint8 RGB) as H.264 yuv420p MP4 with +faststart,
+    in BT.709 limited range, tagged so (primaries, transfer, matrix, range): players show HD video
+    as BT.709, so that ffmpeg's default BT.601 conversion shifted the colours.
 
     ffmpeg writes to a file because +faststart moves the index to the front after encoding,
     which a pipe cannot do. The bit-exact flags keep the bytes identical for identical frames.
@@ -32,6 +44,8 @@ def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
             macro_block_size=1,
             ffmpeg_log_level="error",
             output_params=[
+                "-vf", BT709_FILTER,
+                *BT709_OPTIONS,
                 "-crf", "18",
                 "-preset", "medium",
                 "-movflags", "+faststart",

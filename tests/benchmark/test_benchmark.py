@@ -3,14 +3,18 @@ printout, the GPU check (with what a GPU machine lacks made unimportable), and t
 generated from the check's files."""
 
 import json
+import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
+import torch
 from support.service import ROOT
 
-from serve_app.benchmark import results
+from serve_app.benchmark import gpu_check, results
 from serve_app.benchmark.measure import BENCHMARK_CACHE, transformer_flops
+from serve_app.capacity import GiB
 from serve_app.engine.full_size import TRANSFORMER_CONFIG
 from serve_app.engine.tiny import ensure_tiny_checkpoint
 
@@ -79,6 +83,10 @@ def test_the_gpu_check_runs_without_ray_or_fastapi_and_writes_every_section(tmp_
     (path,) = tmp_path.glob("cpu-*.json")
     figures = json.loads(path.read_text())
     assert figures["plan"] == "full, VAE tiling off, guidance batched"
+    # What the check is for first, so that a budget spent early still measured it.
+    assert list(figures)[-len(gpu_check.SECTIONS) :] == list(gpu_check.SECTIONS)
+    assert gpu_check.SECTIONS[:4] == ("default", "memory_model", "compile_regional", "compile_full")
+    assert figures["cuda_alloc_conf"] == "expandable_segments:True"
     sections = ("default", "cfg_batch_off", "attention_backends", "fast_mode", "vae_tiling", "text_encoder")
     for section in (*sections, "compile_regional"):
         assert "error" not in figures[section], figures[section]
@@ -87,9 +95,52 @@ def test_the_gpu_check_runs_without_ray_or_fastapi_and_writes_every_section(tmp_
     assert set(default["seconds_per_job"]) == {"20", "30", "50", "100"} and default["step_s"] > 0
     # Each option's latents against the default's, on the same seed.
     assert figures["cfg_batch_off"]["max_latent_difference"] < 1e-4
+    # Exactly the default's latents: the sections after compilation measure the default
+    # configuration again (its guidance hook back, no compiled block left).
     assert figures["attention_backends"]["native"]["max_latent_difference"] == 0
     assert "unavailable" in figures["attention_backends"]["flash"]
     assert 0 <= figures["fast_mode"]["blocks_skipped_share"] < 1
+
+
+def test_gpu_check_sh_passes_its_options_through_and_writes_only_to_its_folder(tmp_path):
+    # The script itself, on the CPU with `tiny`: python3 on PATH is this interpreter, with pip
+    # stubbed (nothing to install here); there is no nvidia-smi.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub = bin_dir / "python3"
+    stub.write_text(f'#!/bin/sh\n[ "$1 $2" = "-m pip" ] && exit 0\nexec {sys.executable} "$@"\n')
+    stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    options = ["--model", "tiny", "--device", "cpu", "--size", "64x64x25", "--steps", "2", "--only", "default"]
+    # OUT_DIR relative to where it is called from, not to the repository.
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "results", *options], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = tmp_path / "results"
+    (path,) = out.glob("cpu-*.json")
+    assert {p.name for p in out.iterdir()} == {path.name, "gpu-check.log", "nvidia-smi.csv"}
+    figures = json.loads(path.read_text())
+    assert figures["steps"] == 2 and "step_s" in figures["default"]
+    assert figures["memory_model"] == {"skipped": "not asked for (--only)"}
+    assert str(path) in (out / "gpu-check.log").read_text()
+    refused = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out), "--only", "nothing"],
+                             env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert refused.returncode == 2 and "invalid choice: 'nothing'" in refused.stdout
+
+
+def test_gpu_gib_caps_the_process_and_plans_for_that_much(monkeypatch):
+    # torch.cuda faked: the cap is a CUDA allocator setting, and this machine has no GPU.
+    fractions = []
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=140 * GiB))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device: fractions.append(f))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (139 * GiB, 140 * GiB))
+    cuda = torch.device("cuda")
+    assert gpu_check.planned_free_bytes(cuda, 44) == 44 * GiB and fractions == [44 / 140]
+    assert gpu_check.planned_free_bytes(cuda, None) == 139 * GiB and fractions == [44 / 140]
+    with pytest.raises(ValueError, match="this GPU has 140.0 GiB"):
+        gpu_check.planned_free_bytes(cuda, 160)
+    with pytest.raises(ValueError, match="this run has none"):
+        gpu_check.planned_free_bytes(torch.device("cpu"), 44)
 
 
 def test_the_docs_gpu_table_is_generated_from_the_results_files():
@@ -112,3 +163,13 @@ def test_the_gpu_table_says_not_measured_where_no_run_exists_and_reads_a_run(tmp
         "| 80 GB (A100, H100) | NVIDIA H100 80GB HBM3 | full, VAE tiling off, guidance batched | 1.9 |"
     )
     assert "| 1.9 | 60 / 79 / 117 / 212 | 40.2 (41.9) | 1.6x |" in row
+    # An H200 capped to 44 GiB stands for the 48 GB class, with its own speed, said so; a run on an
+    # L40 itself would come first.
+    capped = {**figures, "gpu": "NVIDIA H200", "gpu_memory_gib": 44, "gpu_gib_cap": 44,
+              "plan": "text_encoder_offload, VAE tiling off, guidance batched"}  # fmt: skip
+    (tmp_path / "nvidia-h200-44gib-2026-11-25.json").write_text(json.dumps(capped))
+    row = results.table(tmp_path).splitlines()[3]
+    assert row.startswith("| 48 GB (L40, L40S) | NVIDIA H200 capped at 44 GiB (its speed, not the class's) |")
+    l40 = {**figures, "gpu": "NVIDIA L40S", "gpu_memory_gib": 44.4, "started": "2026-11-01T00:00:00+00:00"}
+    (tmp_path / "nvidia-l40s-2026-11-01.json").write_text(json.dumps(l40))
+    assert results.table(tmp_path).splitlines()[3].startswith("| 48 GB (L40, L40S) | NVIDIA L40S |")

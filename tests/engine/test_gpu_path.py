@@ -129,9 +129,13 @@ def test_batched_guidance_refuses_calls_out_of_order():
         with pytest.raises(RuntimeError, match="without its conditional one"):
             hook.new_forward(None, latents, encoder_hidden_states=negative, **step)
         hook.new_forward(None, latents, encoder_hidden_states=text, **step)
-        # A copy of the negative embeddings (another dtype would make one) is not the unconditional call.
+        # The negative embeddings in another dtype are not the unconditional call's: its passes would
+        # differ from the batch's.
         with pytest.raises(RuntimeError, match="was not its unconditional one"):
-            hook.new_forward(None, latents, encoder_hidden_states=negative.clone(), **step)
+            hook.new_forward(None, latents, encoder_hidden_states=negative.to(torch.bfloat16), **step)
+        # Nor are other latents.
+        with pytest.raises(RuntimeError, match="was not its unconditional one"):
+            hook.new_forward(None, latents + 1, encoder_hidden_states=negative, **step)
 
 
 def test_dtypes_are_reported_with_every_job(bf16):

@@ -75,6 +75,39 @@ def test_guidance_in_one_batch_gives_the_same_latents_with_half_the_transformer_
     torch.testing.assert_close(latents(model, with_image), latents(model, with_image, batched=False), **SAME)
 
 
+@pytest.mark.parametrize("memory_mode", ["full", "model_offload"])
+def test_batched_guidance_lasts_generation_after_generation_in_every_placement(cache, memory_mode):
+    # diffusers re-runs enable_model_cpu_offload at the end of every call of a model-offloaded
+    # pipeline, which reset the transformer's forward: block 0 ran [3, 6, 6] times in three
+    # 3-step generations, guidance one pass at a time from the second on.
+    model = load_model("tiny", CPU, cache, PipelineOptions(memory_mode=memory_mode))
+    first_block = count_calls(model.t2v.transformer.blocks[0])
+    runner = PipelineRunner(model)
+    calls = []
+    for request in (generation(), generation(image=png()), generation()):
+        runner.run(request)
+        calls.append(first_block[0])
+        first_block[0] = 0
+    assert calls == [3, 3, 3]
+
+
+def test_the_compiled_forward_lasts_generation_after_generation_with_model_offload(cache):
+    # Model offload's hook calls the guidance hook, which calls the compiled forward: one batched
+    # call a step in each generation means the compiled forward ran, not the model's own. Eagerly
+    # (`force_eager`): which forward runs is the point here; compiling is tested above.
+    model = load_model("tiny", CPU, cache, PipelineOptions(memory_mode="model_offload", compile="full"))
+    compiled = model.guidance.fn_ref.original_forward
+    assert hasattr(compiled, "_torchdynamo_orig_callable")
+    first_block = count_calls(model.t2v.transformer.blocks[0])
+    calls = []
+    with torch.compiler.set_stance("force_eager"):
+        for _ in range(2):
+            latents(model)
+            calls.append(first_block[0])
+            first_block[0] = 0
+    assert calls == [3, 3] and model.guidance.fn_ref.original_forward is compiled
+
+
 def test_cfg_batch_off_runs_guidance_one_pass_at_a_time(cache):
     model = load_model("tiny", CPU, cache, PipelineOptions(cfg_batch=False))
     assert model.guidance is None and not model.plan.cfg_batch and model.options["cfg_batch"] is False
@@ -101,6 +134,9 @@ def test_after_the_warm_up_no_request_compiles_again_and_the_latents_are_the_sam
         generation(guidance_scale=1.0, speed_mode="fast"),
         generation(width=128, steps=2),  # another size: dynamic shapes
         generation(),  # quality again, after the step cache's hooks came and went
+        generation(image=png()),  # text+image: the pipeline passes encoder_hidden_states_image=None
+        generation(image=png(), guidance_scale=1.0),
+        generation(image=png(), speed_mode="fast"),
     ]
     with torch._dynamo.config.patch(error_on_recompile=True):
         outputs = [latents(model, request) for request in requests]

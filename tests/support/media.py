@@ -3,6 +3,7 @@
 import io
 
 import av
+import numpy as np
 from PIL import Image
 
 
@@ -28,3 +29,18 @@ def probe_mp4(data: bytes) -> dict:
             # +faststart: the index (moov) comes before the media data (mdat).
             "faststart": data.find(b"moov") < data.find(b"mdat"),
         }
+
+
+def colours_seen(data: bytes) -> tuple[dict[str, str], np.ndarray]:
+    """The first frame's colour tags (primaries, transfer, matrix, range), and its pixels as a
+    player shows HD video: decoded with BT.709 in limited range, whatever the tags say."""
+    with av.open(io.BytesIO(data)) as container:
+        frame = next(container.decode(container.streams.video[0]))
+        tags = {
+            "primaries": frame.color_primaries, "transfer": frame.color_trc,
+            "matrix": frame.colorspace, "range": frame.color_range,
+        }  # fmt: skip
+        shown = frame.reformat(format="rgb24", src_colorspace="ITU709", src_color_range="MPEG").to_ndarray()
+    names = {"primaries": av.video.reformatter.ColorPrimaries, "transfer": av.video.reformatter.ColorTrc,
+             "matrix": av.video.reformatter.Colorspace, "range": av.video.reformatter.ColorRange}  # fmt: skip
+    return {key: names[key](value).name for key, value in tags.items()}, shown

@@ -166,7 +166,7 @@ def test_secrets_images_ports_and_volumes_are_consistent():
     for container in containers:
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports["serve"] == config["http_options"]["port"] and ports["metrics"] == 8080
-        env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+        env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
         assert env[KEYS_ENV]["name"] == "wan-api-keys" and not env[KEYS_ENV].get("optional")
         assert env[SECRET_ENV]["name"] == "wan-webhook-secret"
         # The database's password lives in a Secret (CloudNativePG's, or yours), never in the file.
@@ -197,6 +197,20 @@ def test_secrets_images_ports_and_volumes_are_consistent():
     )
     # Storage classes are named where they matter.
     assert all(claim["spec"].get("storageClassName") for claim in claims.values())
+
+
+def test_the_weights_are_pinned_and_no_pod_downloads_them():
+    (job,) = [doc for doc in documents("storage.yaml") if doc["kind"] == "Job"]
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    # huggingface_hub 1.x's command; a commit, not a branch that moves.
+    assert command[:2] == ["hf", "download"]
+    assert re.fullmatch(r"[0-9a-f]{40}", command[command.index("--revision") + 1])
+    # The generators load the very folder the Job filled, and never try the hub.
+    assert serve_config_v2()["applications"][0]["args"]["model"] == command[command.index("--local-dir") + 1]
+    for name, group in groups(rayservice()).items():
+        env = {e["name"]: e for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert env["HF_HUB_OFFLINE"] == {"name": "HF_HUB_OFFLINE", "value": "1"}, name
+        assert "HF_TOKEN" not in env, name
 
 
 def test_only_the_serve_port_is_open_and_the_ingress_outlasts_a_long_request():

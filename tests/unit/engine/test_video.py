@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from support.media import probe_mp4
+from support.media import colours_seen, probe_mp4
 
 from serve_app.engine.video import encode_mp4
 
@@ -14,6 +14,18 @@ def test_encodes_exactly_the_frames_given():
     assert (info["frames"], info["width"], info["height"], info["fps"]) == (33, 128, 64, 16.0)
     assert (info["codec"], info["pix_fmt"], info["faststart"]) == ("h264", "yuv420p", True)
     assert encode_mp4(frames, fps=16) == video
+
+
+def test_colours_are_bt709_tagged_and_come_back_as_made():
+    # A player shows HD video as BT.709: ffmpeg's default BT.601 conversion made this red
+    # (213, 46, 28) there. A flat patch, so that chroma subsampling changes nothing.
+    frames = np.zeros((9, 64, 64, 3), dtype=np.uint8)
+    frames[:, :, :32] = (200, 30, 30)
+    frames[:, :, 32:] = (30, 160, 220)
+    tags, shown = colours_seen(encode_mp4(frames, fps=24))
+    assert tags == {"primaries": "BT709", "transfer": "BT709", "matrix": "ITU709", "range": "MPEG"}
+    for patch, colour in ((shown[8:56, 4:28], (200, 30, 30)), (shown[8:56, 36:60], (30, 160, 220))):
+        assert np.abs(patch.reshape(-1, 3).astype(int) - colour).max() <= 3, patch.mean(axis=(0, 1))
 
 
 def test_output_is_compact():
