@@ -2,6 +2,7 @@
 `serve_config.local.yaml` (tiny model, CPU) on a free port, a local image server for `image_url`,
 and a throwaway PostgreSQL server. Helpers live in `support/`."""
 
+import gzip
 import os
 import threading
 import time
@@ -24,9 +25,11 @@ METRICS_PORT = free_port()  # the Ray node's Prometheus endpoint
 class _ImageHandler(BaseHTTPRequestHandler):
     routes: dict[str, tuple[int, str, bytes, dict]] = {}
     requested: list[str] = []  # every path asked for, in order
+    accept_encodings: list[str | None] = []  # the Accept-Encoding of each request, in order
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         self.requested.append(self.path)
+        self.accept_encodings.append(self.headers.get("Accept-Encoding"))
         if self.path == "/slow.png":
             time.sleep(6)
         status, content_type, body, headers = self.routes.get(self.path, (404, "text/plain", b"no", {}))
@@ -47,11 +50,14 @@ def image_server() -> Iterator[str]:
     """http://127.0.0.1:PORT serving good, bad and redirecting images."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _ImageHandler)
     port = server.server_address[1]
+    # A compression bomb: a few hundred bytes on the wire, 64 MiB once both layers are inflated.
+    bomb = gzip.compress(gzip.compress(bytes(64 * 2**20)))
     _ImageHandler.routes = {
         "/cat.png": (200, "image/png", png_bytes((96, 64)), {}),
         "/slow.png": (200, "image/png", png_bytes((8, 8)), {}),
         "/notes.txt": (200, "text/plain", b"this is not an image", {}),
         "/huge.bin": (200, "image/png", os.urandom(2 * 2**20), {}),
+        "/bomb.png": (200, "image/png", bomb, {"Content-Encoding": "gzip, gzip"}),
         "/to-cat": (302, "text/plain", b"", {"Location": "/cat.png"}),
         # 127.0.0.2 is loopback too, and not on the allow-list.
         "/to-loopback": (302, "text/plain", b"", {"Location": f"http://127.0.0.2:{port}/cat.png"}),
@@ -60,6 +66,12 @@ def image_server() -> Iterator[str]:
     thread.start()
     yield f"http://127.0.0.1:{port}"
     server.shutdown()
+
+
+@pytest.fixture
+def image_requests(image_server: str) -> type[_ImageHandler]:
+    """What the image server was asked: `requested` (paths) and `accept_encodings`."""
+    return _ImageHandler
 
 
 @pytest.fixture(scope="session")

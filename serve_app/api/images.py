@@ -106,7 +106,10 @@ class ImageLoader:
         async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
             for _ in range(_MAX_REDIRECTS + 1):
                 host, address = await self._outbound.check(url, "image_url")
-                request = pinned_request(client, "GET", url, host, address, headers={"Accept": "image/*"})
+                # `identity`: httpx would inflate a compressed answer a whole chunk at a time, before
+                # the byte cap is checked (a few KB of `gzip, gzip` inflate to gigabytes).
+                headers = {"Accept": "image/*", "Accept-Encoding": "identity"}
+                request = pinned_request(client, "GET", url, host, address, headers=headers)
                 response = await client.send(request, stream=True)
                 try:
                     if response.is_redirect:
@@ -121,11 +124,17 @@ class ImageLoader:
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
         limit = self._policy.max_bytes
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise InvalidRequest(
+                "image_url answered with a Content-Encoding; only uncompressed (identity) answers are accepted.",
+                param="image_url",
+            )
         declared = content_length(response.headers.get("content-length"))
         if declared is not None and declared > limit:
             raise PayloadTooLarge(f"The image at image_url is over the {limit} byte limit.", param="image_url")
         body = bytearray()
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.aiter_raw():  # the bytes as sent, never inflated
             body += chunk
             if len(body) > limit:
                 raise PayloadTooLarge(f"The image at image_url is over the {limit} byte limit.", param="image_url")

@@ -1,14 +1,17 @@
 """Reference images: refused URLs (non-public addresses, after DNS and on every redirect,
 other schemes, not images, too large, too slow), and cover-and-crop instead of stretching."""
 
+import asyncio
 import io
+import tracemalloc
 
 import pytest
 from PIL import Image
 from support.service import SMALL
 
-from serve_app.api.errors import PayloadTooLarge
-from serve_app.api.images import ImagePolicy, prepare_image
+from serve_app.api.errors import InvalidRequest, PayloadTooLarge
+from serve_app.api.images import ImageLoader, ImagePolicy, prepare_image
+from serve_app.common.outbound import OutboundPolicy
 
 POLICY = ImagePolicy(max_bytes=2**20, max_pixels=4_000_000, fetch_timeout_s=3)
 
@@ -108,3 +111,24 @@ def test_decompression_bomb_is_refused_from_the_header():
     Image.new("1", (5000, 5000)).save(out, format="PNG")  # 25 MP in a few KB
     with pytest.raises(PayloadTooLarge, match="pixel limit"):
         prepare_image(out.getvalue(), 64, 64, POLICY, "image_url")
+
+
+def test_a_compressed_answer_is_refused_unread_and_identity_is_asked_for(image_server, image_requests):
+    # A few hundred bytes of `Content-Encoding: gzip, gzip` that inflate to 64 MiB: httpx used to
+    # inflate whole chunks before the byte cap was checked (1.8 KB became 1 GiB in the Ingress).
+    loader = ImageLoader(POLICY, OutboundPolicy(("127.0.0.1",)))
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidRequest, match="Content-Encoding"):
+            asyncio.run(loader.fetch(f"{image_server}/bomb.png"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20
+    assert image_requests.accept_encodings[-1] == "identity"
+
+
+def test_a_compression_bomb_is_a_400_from_the_service(client, image_server):
+    response = post_url(client, f"{image_server}/bomb.png")
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "image_url"
