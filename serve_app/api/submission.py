@@ -34,7 +34,7 @@ async def _submit(request: Request, state: IngressState, owner: str) -> Job:
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         video_request, requested = await parse_form_video_request(request.headers, body)
     else:
-        video_request = parse_video_request(body)
+        video_request = await parse_video_request(body)
     _check_fits(video_request, state.args.max_video_pixels)
     idempotency_key = _idempotency_key(request)
     # Refused before any image is fetched or decoded: a refused request leaves no trace.
