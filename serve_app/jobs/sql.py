@@ -114,6 +114,8 @@ class SqlStore:
             raise DuplicateKey(new.idempotency_key) from exc
 
     async def get(self, job_id: str) -> StoredJob | None:
+        if _NUL in job_id:
+            return None
         rows = await self._read(f"SELECT {_STORED} FROM jobs WHERE id = ?", (job_id,))
         return _stored(rows[0]) if rows else None
 
@@ -146,6 +148,8 @@ class SqlStore:
     async def page(self, owner: str, after: str | None, limit: int, newest_first: bool) -> list[Job] | None:
         cursor = 2**63 - 1 if newest_first else 0
         if after is not None:
+            if _NUL in after:
+                return None
             rows = await self._read("SELECT seq FROM jobs WHERE id = ? AND owner = ?", (after, owner))
             if not rows:
                 return None
@@ -275,6 +279,9 @@ class SqlStore:
         raise NotImplementedError
 
 
+# No id holds one, and PostgreSQL's text cannot: a caller's id with a NUL is no job, on either
+# database (PostgreSQL would refuse the query).
+_NUL = "\x00"
 _STORED = "job, owner, runner, webhook_url, request_hash"
 
 
