@@ -68,6 +68,11 @@ class PayloadTooLarge(ServiceError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
 class Refused(ServiceError):
     """The jobs deployment refused a submission (it does not fit, the queue or the key's share is
     full, an idempotency conflict)."""

@@ -13,7 +13,7 @@ from serve_app.api.dependencies import Owner, State
 from serve_app.api.downloads import file_response
 from serve_app.api.errors import Conflict, InvalidRequest, NotFound
 from serve_app.api.protocol import VIDEO_REQUEST_BODY, ErrorResponse, JobDeleted, error_responses
-from serve_app.api.submission import follow_job, submit_job
+from serve_app.api.submission import FORM, JSON, follow_job, submit_job
 from serve_app.common.storage import THUMBNAIL, VIDEO
 from serve_app.messages import Job, JobList
 
@@ -56,12 +56,15 @@ videos_router = APIRouter(prefix="/v1/videos", dependencies=[Depends(require_api
     status_code=202,
     response_model=Job,
     openapi_extra=_CREATE_BODY,
-    responses={409: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body"}},
+    responses={
+        409: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body"},
+        415: {"model": ErrorResponse, "description": "The body is neither application/json nor multipart/form-data"},
+    },
 )
 async def create_video(request: Request, state: State, owner: Owner) -> Job:
     """Queue a video job. The body is `/predict`'s JSON, or the multipart form of the OpenAI SDK.
     Send `Idempotency-Key` to retry safely."""
-    return await submit_job(request, state, owner)
+    return await submit_job(request, state, owner, (JSON, FORM))
 
 
 @videos_router.get("", response_model=JobList)
