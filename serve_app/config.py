@@ -87,6 +87,11 @@ class AppArgs(BaseModel):
         description="Host names or IP networks (CIDR) that `image_url` and `webhook_url` may reach although "
         "they are not public, for example an internal image store. Empty: only public addresses.",
     )
+    url_ports: list[int] = Field(
+        [80, 443],
+        description="The ports that `image_url` and `webhook_url` may use on a public host (an allow-listed one: "
+        "any). Others are refused, with the same message as a refused address.",
+    )
     max_constructor_retries: int = Field(
         3, ge=1, description="How often Ray retries a generator replica whose model fails to load."
     )

@@ -5,6 +5,7 @@ import asyncio
 import base64
 import binascii
 import io
+import logging
 import re
 from dataclasses import dataclass
 from urllib.parse import urljoin
@@ -17,9 +18,16 @@ from serve_app.api.parsing import content_length
 from serve_app.api.protocol import VideoRequest
 from serve_app.common.outbound import OutboundPolicy, pinned_request
 
+logger = logging.getLogger(__name__)
+
 _DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.IGNORECASE)
 _FORMATS = ["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"]
 _MAX_REDIRECTS = 3
+UNREACHABLE = "image_url could not be downloaded (an HTTP 200 answer, in time, at most 3 redirects)."
+
+
+class _Unreachable(Exception):
+    """No image came back (the reason, for the log)."""
 
 
 @dataclass(frozen=True)
@@ -90,17 +98,14 @@ class ImageLoader:
         return await asyncio.to_thread(prepare_image, data, request.width, request.height, self._policy, param)
 
     async def fetch(self, url: str) -> bytes:
+        # One message whatever went wrong (refused connection, timeout, an HTTP status, redirects):
+        # it must not tell a caller whether a port is open. The log says which.
         try:
             async with asyncio.timeout(self._policy.fetch_timeout_s):
                 return await self._follow(url)
-        except TimeoutError:
-            raise InvalidRequest(
-                f"image_url took longer than {self._policy.fetch_timeout_s:g} s to download.", param="image_url"
-            ) from None
-        except httpx.HTTPError as exc:
-            raise InvalidRequest(
-                f"image_url could not be downloaded ({type(exc).__name__}).", param="image_url"
-            ) from None
+        except (TimeoutError, httpx.HTTPError, _Unreachable) as exc:
+            logger.info("image_url not downloaded: %r", exc)
+            raise InvalidRequest(UNREACHABLE, param="image_url") from None
 
     async def _follow(self, url: str) -> bytes:
         async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
@@ -116,11 +121,11 @@ class ImageLoader:
                         url = urljoin(url, response.headers["location"])
                         continue
                     if response.status_code != 200:
-                        raise InvalidRequest(f"image_url answered HTTP {response.status_code}.", param="image_url")
+                        raise _Unreachable(f"HTTP {response.status_code}")
                     return await self._read_capped(response)
                 finally:
                     await response.aclose()
-        raise InvalidRequest(f"image_url redirected more than {_MAX_REDIRECTS} times.", param="image_url")
+        raise _Unreachable(f"more than {_MAX_REDIRECTS} redirects")
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
         limit = self._policy.max_bytes

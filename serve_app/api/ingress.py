@@ -46,7 +46,7 @@ class Ingress:
             max_pixels=self._args.max_image_pixels,
             fetch_timeout_s=self._args.image_fetch_timeout_s,
         )
-        outbound = OutboundPolicy(tuple(self._args.url_allowlist))
+        outbound = OutboundPolicy(tuple(self._args.url_allowlist), tuple(self._args.url_ports))
         state = IngressState(
             args=self._args,
             jobs=self._jobs,

@@ -98,7 +98,8 @@ class Jobs:
             spawn(self._every(HEARTBEAT_S, self._count)),
         ]
         if key := webhook_secret():
-            sender = WebhookSender(key, OutboundPolicy(tuple(args.url_allowlist)), args.webhook_timeout_s)
+            outbound = OutboundPolicy(tuple(args.url_allowlist), tuple(args.url_ports))
+            sender = WebhookSender(key, outbound, args.webhook_timeout_s)
             self._tasks.append(spawn(Outbox(self._store, sender, self._runner, args.webhook_retry_delays_s).run()))
 
     async def __del__(self) -> None:

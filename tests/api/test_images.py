@@ -10,7 +10,8 @@ from PIL import Image
 from support.service import SMALL
 
 from serve_app.api.errors import InvalidRequest, PayloadTooLarge
-from serve_app.api.images import ImageLoader, ImagePolicy, prepare_image
+from serve_app.api.images import UNREACHABLE, ImageLoader, ImagePolicy, prepare_image
+from serve_app.benchmark.local_cluster import free_port
 from serve_app.common.outbound import OutboundPolicy
 
 POLICY = ImagePolicy(max_bytes=2**20, max_pixels=4_000_000, fetch_timeout_s=3)
@@ -67,7 +68,7 @@ def test_a_url_that_is_not_an_image_is_a_400(client, image_server):
 def test_a_missing_image_is_a_400(client, image_server):
     response = post_url(client, f"{image_server}/missing.png")
     assert response.status_code == 400
-    assert "HTTP 404" in response.json()["error"]["message"]
+    assert response.json()["error"]["message"] == UNREACHABLE
 
 
 def test_an_image_over_the_cap_is_a_413(client, image_server):
@@ -79,7 +80,8 @@ def test_an_image_over_the_cap_is_a_413(client, image_server):
 def test_a_slow_image_server_is_cut_off(client, image_server):
     response = post_url(client, f"{image_server}/slow.png")
     assert response.status_code == 400
-    assert "longer than 3 s" in response.json()["error"]["message"]
+    # The same message as a missing image or a closed port: it tells no port scan anything.
+    assert response.json()["error"]["message"] == UNREACHABLE
 
 
 def _decode(png: bytes) -> Image.Image:
@@ -132,3 +134,12 @@ def test_a_compression_bomb_is_a_400_from_the_service(client, image_server):
     response = post_url(client, f"{image_server}/bomb.png")
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "image_url"
+
+
+def test_a_closed_port_and_a_missing_image_read_the_same(image_server):
+    # The message said "ConnectError" for a closed port and "HTTP 404" for an open one: a port scan.
+    loader = ImageLoader(POLICY, OutboundPolicy(("127.0.0.1",)))
+    for url in (f"http://127.0.0.1:{free_port()}/cat.png", f"{image_server}/missing.png"):
+        with pytest.raises(InvalidRequest) as refused:
+            asyncio.run(loader.fetch(url))
+        assert refused.value.message == UNREACHABLE
