@@ -5,7 +5,8 @@ VENV ?= .venv
 # A CPU build of PyTorch; a GPU machine can pass another, e.g. TORCH_SPEC='torch==2.13.0'.
 TORCH_SPEC ?= torch==2.13.0
 WAN_API_KEYS ?= local-dev-key
-export WAN_API_KEYS
+WAN_KEY_ID_SECRET ?= local-dev-key-id-secret
+export WAN_API_KEYS WAN_KEY_ID_SECRET
 
 BIN := $(VENV)/bin
 # Debian's Chromium, driven by Playwright in the web page tests (Playwright's own browser

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from support.media import png_bytes
 from support.postgres import postgres_server
-from support.service import API_KEYS, ROOT, TEST_ARGS, WEBHOOK_SECRET
+from support.service import API_KEYS, KEY_ID_SECRET, ROOT, TEST_ARGS, WEBHOOK_SECRET
 
 from serve_app.benchmark.local_cluster import deploy_config, free_port
 
@@ -82,6 +82,7 @@ def ray_cluster() -> Iterator[None]:
     # Replicas inherit the environment of the processes Ray starts here.
     os.environ["WAN_API_KEYS"] = ",".join(API_KEYS)
     os.environ.pop("WAN_API_KEYS_FILE", None)
+    os.environ["WAN_KEY_ID_SECRET"] = KEY_ID_SECRET
     os.environ.pop("WAN_DATABASE_URL", None)
     os.environ["WAN_WEBHOOK_SECRET"] = WEBHOOK_SECRET
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=METRICS_PORT)

@@ -11,7 +11,7 @@ from ray import serve
 from ray.serve.context import _get_serve_request_context
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.api.auth import ApiKeys
+from serve_app.api.auth import KEY_ID_SECRET_ENV, ApiKeys
 from serve_app.api.dependencies import IngressState
 from serve_app.api.errors import install_error_handlers
 from serve_app.api.health import health_router, status_router
@@ -73,6 +73,11 @@ def load_api_keys(args: AppArgs) -> ApiKeys | None:
         raise RuntimeError(
             "No API keys configured: set WAN_API_KEYS (comma-separated) or WAN_API_KEYS_FILE (one key a "
             "line), or set the app argument allow_unauthenticated: true for a private, local setup."
+        )
+    if not keys.has_secret:
+        raise RuntimeError(
+            f"Set {KEY_ID_SECRET_ENV} (a random string, the same on every node, kept like the keys): key ids in "
+            "logs, metrics and the jobs database are HMACs under it, so that none can be traced back to a key."
         )
     logger.info("Accepting %d API key(s).", len(keys))
     return keys

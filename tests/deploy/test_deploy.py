@@ -18,7 +18,7 @@ from ray.serve.schema import ServeDeploySchema
 from support.configs import unknown_keys
 from support.service import ROOT
 
-from serve_app.api.auth import KEYS_ENV
+from serve_app.api.auth import KEY_ID_SECRET_ENV, KEYS_ENV
 from serve_app.common import metrics
 from serve_app.config import DATABASE_URL_ENV, SECRET_ENV
 
@@ -167,6 +167,7 @@ def test_secrets_images_ports_and_volumes_are_consistent():
         assert ports["serve"] == config["http_options"]["port"] and ports["metrics"] == 8080
         env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
         assert env[KEYS_ENV]["name"] == "wan-api-keys" and not env[KEYS_ENV].get("optional")
+        assert env[KEY_ID_SECRET_ENV] == {"name": "wan-api-keys", "key": "key-id-secret"}
         assert env[SECRET_ENV]["name"] == "wan-webhook-secret"
         # The database's password lives in a Secret (CloudNativePG's, or yours), never in the file.
         assert env[DATABASE_URL_ENV] == {"name": "wan-postgres-app", "key": "uri"}
