@@ -7,6 +7,7 @@ import binascii
 import io
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -23,6 +24,10 @@ logger = logging.getLogger(__name__)
 _DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.IGNORECASE)
 _FORMATS = ["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"]
 _MAX_REDIRECTS = 3
+# Images decoded at once on an Ingress replica; the rest wait their turn. A decode of an image at
+# the pixel cap takes about a second of CPU and hundreds of MB: never one per submission in flight.
+DECODE_THREADS = 2
+_DECODERS = ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="wan-image")
 UNREACHABLE = "image_url could not be downloaded (an HTTP 200 answer, in time, at most 3 redirects)."
 
 
@@ -55,7 +60,7 @@ def prepare_image(data: bytes, width: int, height: int, policy: ImagePolicy, par
     """Decode, check and crop an image to exactly `width` x `height`; PNG bytes of the result.
 
     Pillow would stretch an image of another aspect ratio; we cover and centre-crop instead.
-    CPU work: call it from a worker thread.
+    CPU work: call it from a worker thread (`ImageLoader` uses its bounded pool).
     """
     try:
         with Image.open(io.BytesIO(data), formats=_FORMATS) as image:
@@ -65,8 +70,13 @@ def prepare_image(data: bytes, width: int, height: int, policy: ImagePolicy, par
                     f"The image is {image.width}x{image.height}, over the {policy.max_pixels} pixel limit.",
                     param=param,
                 )
+            # The file's structure (a PNG's chunks and their checksums, to its end) without decoding
+            # a pixel: a truncated image was refused only after seconds of decoding.
+            image.verify()
+        with Image.open(io.BytesIO(data), formats=_FORMATS) as image:
+            image.draft("RGB", (width, height))  # a JPEG decodes at the smallest scale that covers the video
             rgb = ImageOps.exif_transpose(image).convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         raise InvalidRequest(
             "The image could not be decoded (PNG, JPEG, WebP, GIF, BMP or TIFF expected).", param=param
         ) from None
@@ -95,7 +105,9 @@ class ImageLoader:
             data, param = await self.fetch(request.image_url), "image_url"
         else:
             return None
-        return await asyncio.to_thread(prepare_image, data, request.width, request.height, self._policy, param)
+        return await asyncio.get_running_loop().run_in_executor(
+            _DECODERS, prepare_image, data, request.width, request.height, self._policy, param
+        )
 
     async def fetch(self, url: str) -> bytes:
         # One message whatever went wrong (refused connection, timeout, an HTTP status, redirects):

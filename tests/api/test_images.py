@@ -2,15 +2,20 @@
 other schemes, not images, too large, too slow), and cover-and-crop instead of stretching."""
 
 import asyncio
+import base64
 import io
+import time
 import tracemalloc
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
+from support.media import png_bytes
 from support.service import SMALL
 
+from serve_app.api import images
 from serve_app.api.errors import InvalidRequest, PayloadTooLarge
 from serve_app.api.images import UNREACHABLE, ImageLoader, ImagePolicy, prepare_image
+from serve_app.api.protocol import VideoRequest
 from serve_app.benchmark.local_cluster import free_port
 from serve_app.common.outbound import OutboundPolicy
 
@@ -143,3 +148,35 @@ def test_a_closed_port_and_a_missing_image_read_the_same(image_server):
         with pytest.raises(InvalidRequest) as refused:
             asyncio.run(loader.fetch(url))
         assert refused.value.message == UNREACHABLE
+
+
+def test_a_truncated_image_is_refused_before_any_pixel_is_decoded(monkeypatch):
+    # A truncated PNG of 4 MP (its header intact) was decoded for seconds before it was refused.
+    data = png_bytes((2000, 2000))
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self) or None)
+    with pytest.raises(InvalidRequest, match="could not be decoded"):
+        prepare_image(data[: len(data) // 2], 64, 64, POLICY, "image_base64")
+    assert decoded == []
+
+
+def test_images_are_decoded_a_few_at_a_time_whatever_the_submissions_in_flight(monkeypatch):
+    running, most = 0, 0
+
+    def prepare(*args):
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        time.sleep(0.05)
+        running -= 1
+        return b"png"
+
+    monkeypatch.setattr(images, "prepare_image", prepare)
+    loader = ImageLoader(POLICY, OutboundPolicy())
+    request = VideoRequest.model_validate({"prompt": "a", "image_base64": base64.b64encode(b"x").decode(), **SMALL})
+
+    async def scenario():
+        return await asyncio.gather(*(loader.load(request) for _ in range(8)))
+
+    assert asyncio.run(scenario()) == [b"png"] * 8
+    assert most == images.DECODE_THREADS == 2
