@@ -14,7 +14,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.api.auth import KEY_ID_SECRET_ENV, ApiKeys
 from serve_app.api.dependencies import IngressState
 from serve_app.api.errors import install_error_handlers
-from serve_app.api.health import health_router, status_router
+from serve_app.api.health import READY_CACHE_S, Cached, health_router, status_router
 from serve_app.api.images import ImageLoader, ImagePolicy
 from serve_app.api.page import page_router
 from serve_app.api.predict import predict_router
@@ -92,6 +92,7 @@ def create_api(state: IngressState, api_keys: ApiKeys | None) -> FastAPI:
     )
     api.state.ingress = state
     api.state.api_keys = api_keys
+    api.state.readiness = Cached(state.running_generators, READY_CACHE_S)
     install_error_handlers(api)
     if state.args.cors_origins:
         api.add_middleware(
