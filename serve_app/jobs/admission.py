@@ -1,12 +1,14 @@
 """Whether a submission is queued: the video fits the generators' GPU memory, the queue has room,
 the key's share of it and its stored jobs and bytes are under their limits. A refusal says when
-to retry, from how long recent jobs ran."""
+to retry, from how long recent jobs ran. Judged twice: before any work (`refusal`), and in the
+transaction that stores the job (`judge`, given to `JobStore.add`), so that concurrent submissions
+through any replicas never pass a limit together."""
 
 import math
 from collections import deque
 
 from serve_app.capacity import Capacity
-from serve_app.jobs.store import JobStore
+from serve_app.jobs.store import JobStore, Usage
 from serve_app.messages import Refusal, VideoShape
 
 
@@ -34,12 +36,16 @@ class Admission:
             self._recent_run_s.append(seconds)
 
     async def refusal(self, owner: str, shape: VideoShape | None) -> Refusal | None:
+        return self.judge(await self._store.usage(owner), shape)
+
+    def judge(self, usage: Usage, shape: VideoShape | None) -> Refusal | None:
+        """Why a submission with this usage is refused, or None."""
         if shape is not None and self.capacity is not None and (reason := shape.refusal(self.capacity)):
             return Refusal(status=400, code="video_too_large", message=reason)
         run_s = sum(self._recent_run_s) / len(self._recent_run_s)
-        queued = await self._store.count("queued")
+        queued = usage.queued
         if queued >= self._max_queued:
-            running = max(1, await self._store.count("in_progress"))
+            running = max(1, usage.running)
             wait = run_s * (queued - self._max_queued + 1) / running
             return Refusal(
                 status=503,
@@ -47,7 +53,7 @@ class Admission:
                 message=f"The queue is full ({queued} jobs waiting). Retry later.",
                 retry_after_s=_bounded(wait),
             )
-        active = await self._store.count("queued", owner) + await self._store.count("in_progress", owner)
+        active = usage.owner_active
         if active >= self._max_per_key:
             return Refusal(
                 status=429,
@@ -56,7 +62,7 @@ class Admission:
                 "Retry when one has finished, or cancel one.",
                 retry_after_s=_bounded(run_s),
             )
-        stored_jobs, stored_bytes = await self._store.usage(owner)
+        stored_jobs, stored_bytes = usage.owner_jobs, usage.owner_bytes
         if stored_jobs >= self._max_stored_jobs or stored_bytes >= self._max_stored_bytes:
             return Refusal(
                 status=429,

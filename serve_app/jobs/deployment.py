@@ -150,11 +150,15 @@ class Jobs:
             webhook_url=submission.webhook_url,
         )
         try:
-            await self._store.add(job, new, self._runner)
+            admit = lambda usage: self._admission.judge(usage, request.shape)  # noqa: E731
+            refusal = await self._store.add(job, new, self._runner, admit)
         except DuplicateKey:  # the same Idempotency-Key, submitted at the same moment through another replica
             await asyncio.to_thread(self._storage.delete, job.id)
             earlier = await self._store.find_idempotent(submission.owner, submission.idempotency_key)
             return await self._same_or_conflict(earlier, submission)
+        if refusal is not None:  # another submission took the room since `submit` checked
+            await asyncio.to_thread(self._storage.delete, job.id)
+            return refusal
         logger.info("job %s: queued for key %s", job.id, submission.owner)
         self._metrics.submitted(submission.owner)
         await self._dispatcher.dispatch(job.id, request)

@@ -2,10 +2,10 @@
 clock, its serial keys and how it tells other replicas that a job changed."""
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
-from serve_app.jobs.store import DuplicateKey, NewJob, Orphan, StoredJob, Webhook
+from serve_app.jobs.store import DuplicateKey, NewJob, Orphan, Refusal, StoredJob, Usage, Webhook
 from serve_app.messages import GenerationRequest, Job
 
 ACTIVE = "('queued', 'in_progress')"
@@ -79,6 +79,9 @@ class SqlStore:
     async def _lock_schema(self, tx: Transaction) -> None:
         """Hold off other replicas' migrations until `tx` ends."""
 
+    async def _lock_admission(self, tx: Transaction) -> None:
+        """Hold off other replicas' admissions until `tx` ends (SQLite's BEGIN IMMEDIATE already does)."""
+
     async def _read(self, sql: str, params: Sequence = ()) -> list[tuple]:
         async with self.transaction() as tx:
             return await tx.execute(sql, params)
@@ -100,9 +103,15 @@ class SqlStore:
 
     # Jobs.
 
-    async def add(self, job: Job, new: NewJob, runner: str) -> None:
+    async def add(
+        self, job: Job, new: NewJob, runner: str, admit: Callable[[Usage], Refusal | None] | None = None
+    ) -> Refusal | None:
         try:
             async with self.transaction() as tx:
+                if admit is not None:
+                    await self._lock_admission(tx)
+                    if (refusal := admit(await self._usage(tx, new.owner))) is not None:
+                        return refusal
                 await tx.execute(
                     "INSERT INTO jobs (id, owner, status, idempotency_key, request_hash, webhook_url, runner, request,"
                     " job) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -112,6 +121,7 @@ class SqlStore:
                 await self._changed(tx, job.id)
         except self.unique_violation as exc:
             raise DuplicateKey(new.idempotency_key) from exc
+        return None
 
     async def get(self, job_id: str) -> StoredJob | None:
         if _NUL in job_id:
@@ -139,11 +149,23 @@ class SqlStore:
         ((count,),) = await self._read(query, (status, owner) if owner else (status,))
         return count
 
-    async def usage(self, owner: str) -> tuple[int, int]:
-        ((jobs, stored),) = await self._read(
-            "SELECT COUNT(*), COALESCE(SUM(stored_bytes), 0) FROM jobs WHERE owner = ?", (owner,)
+    async def usage(self, owner: str) -> Usage:
+        async with self.transaction() as tx:
+            return await self._usage(tx, owner)
+
+    async def _usage(self, tx: Transaction, owner: str) -> Usage:
+        (((queued, running),), ((active, jobs, stored),)) = (
+            await tx.execute(
+                "SELECT COALESCE(SUM(CASE WHEN status = 'queued' THEN 1 ELSE 0 END), 0), COALESCE(SUM(CASE WHEN "
+                f"status = 'in_progress' THEN 1 ELSE 0 END), 0) FROM jobs WHERE status IN {ACTIVE}"
+            ),
+            await tx.execute(
+                f"SELECT COALESCE(SUM(CASE WHEN status IN {ACTIVE} THEN 1 ELSE 0 END), 0), COUNT(*), "
+                "COALESCE(SUM(stored_bytes), 0) FROM jobs WHERE owner = ?",
+                (owner,),
+            ),
         )
-        return jobs, int(stored)
+        return Usage(int(queued), int(running), int(active), int(jobs), int(stored))
 
     async def page(self, owner: str, after: str | None, limit: int, newest_first: bool) -> list[Job] | None:
         cursor = 2**63 - 1 if newest_first else 0
