@@ -2,6 +2,8 @@
 secrets that come from the environment instead."""
 
 import base64
+import hashlib
+import hmac
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,12 +249,24 @@ SECRET_ENV = "WAN_WEBHOOK_SECRET"
 _SECRET_PREFIX = "whsec_"
 
 
-def webhook_secret() -> bytes | None:
-    """The signing key from WAN_WEBHOOK_SECRET: `whsec_<base64>` as Standard Webhooks libraries
-    make them, or any other string taken as its UTF-8 bytes. None: webhooks are off."""
-    secret = os.environ.get(SECRET_ENV, "").strip()
-    if not secret:
-        return None
-    if secret.startswith(_SECRET_PREFIX):
-        return base64.b64decode(secret.removeprefix(_SECRET_PREFIX))
-    return secret.encode()
+def webhook_secrets() -> list[bytes]:
+    """The server's webhook secrets from WAN_WEBHOOK_SECRET, separated by spaces (several during a
+    rotation, the newest first): each `whsec_<base64>` as Standard Webhooks libraries make them, or
+    any other string taken as its UTF-8 bytes. Empty: webhooks are off."""
+    return [
+        base64.b64decode(secret.removeprefix(_SECRET_PREFIX)) if secret.startswith(_SECRET_PREFIX) else secret.encode()
+        for secret in os.environ.get(SECRET_ENV, "").split()
+    ]
+
+
+def webhook_keys(owner: str) -> list[str]:
+    """The keys that sign the webhooks of one API key (its id), one per server secret, as
+    `whsec_<base64>`: derived from the secret and the key id, so that the key a tenant is given
+    verifies its own events only, and forges no other tenant's."""
+    return [
+        _SECRET_PREFIX
+        + base64.b64encode(
+            hmac.new(secret, b"wan-serve webhook key\0" + owner.encode(), hashlib.sha256).digest()
+        ).decode()
+        for secret in webhook_secrets()
+    ]

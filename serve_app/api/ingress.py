@@ -20,6 +20,7 @@ from serve_app.api.page import page_router
 from serve_app.api.predict import predict_router
 from serve_app.api.slots import stream_slots, submission_slots
 from serve_app.api.videos import videos_router
+from serve_app.api.webhook_keys import webhook_keys_router
 from serve_app.common.logs import use_serve_log_handlers
 from serve_app.common.metrics import RequestMetrics
 from serve_app.common.outbound import OutboundPolicy
@@ -124,4 +125,5 @@ def create_api(state: IngressState, api_keys: ApiKeys | None) -> FastAPI:
     api.include_router(status_router)
     api.include_router(predict_router)
     api.include_router(videos_router)
+    api.include_router(webhook_keys_router)
     return api

@@ -13,7 +13,7 @@ from serve_app.api.errors import InvalidRequest, Refused, UnsupportedMediaType
 from serve_app.api.images import ImageLoader
 from serve_app.api.parsing import parse_form_video_request, parse_video_request, read_body
 from serve_app.api.protocol import VideoRequest
-from serve_app.config import SECRET_ENV, webhook_secret
+from serve_app.config import SECRET_ENV, webhook_secrets
 from serve_app.messages import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, Job, Refusal, Submission, VideoDetails
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -46,7 +46,7 @@ async def _submit(request: Request, state: IngressState, owner: str, media_type:
     if refusal := await state.jobs.admit.remote(owner, idempotency_key, video_request.shape):
         raise Refused(refusal)
     if video_request.webhook_url is not None:
-        if webhook_secret() is None:
+        if not webhook_secrets():
             raise InvalidRequest(
                 f"Webhooks are not enabled on this server (its operator sets {SECRET_ENV}).", param="webhook_url"
             )

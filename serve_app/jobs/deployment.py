@@ -22,7 +22,7 @@ from serve_app.common.metrics import JobMetrics
 from serve_app.common.outbound import OutboundPolicy
 from serve_app.common.storage import REFERENCE, ResultStorage
 from serve_app.common.tasks import spawn
-from serve_app.config import AppArgs, webhook_secret
+from serve_app.config import AppArgs, webhook_secrets
 from serve_app.jobs.admission import Admission
 from serve_app.jobs.dispatch import Dispatcher
 from serve_app.jobs.handover import HEARTBEAT_S, Handover
@@ -97,9 +97,9 @@ class Jobs:
             spawn(self._every(min(60.0, self._retention_s / 4), self.expire)),
             spawn(self._every(HEARTBEAT_S, self._count)),
         ]
-        if key := webhook_secret():
+        if webhook_secrets():
             outbound = OutboundPolicy(tuple(args.url_allowlist), tuple(args.url_ports))
-            sender = WebhookSender(key, outbound, args.webhook_timeout_s)
+            sender = WebhookSender(outbound, args.webhook_timeout_s)
             self._tasks.append(spawn(Outbox(self._store, sender, self._runner, args.webhook_retry_delays_s).run()))
 
     async def __del__(self) -> None:

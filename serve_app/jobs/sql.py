@@ -55,6 +55,11 @@ MIGRATIONS = [
         )""",
         "CREATE INDEX webhooks_by_due ON webhooks (due_at)",
     ],
+    [
+        # Each key's webhooks are signed with keys of its own, derived from its id.
+        "ALTER TABLE webhooks ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+        "UPDATE webhooks SET owner = COALESCE((SELECT owner FROM jobs WHERE jobs.id = webhooks.job_id), '')",
+    ],
 ]
 
 
@@ -204,17 +209,18 @@ class SqlStore:
         async with self.transaction() as tx:
             rows = await tx.execute(
                 "UPDATE jobs SET status = ?, expires_at = ?, job = ?, stored_bytes = stored_bytes + ? "
-                f"WHERE id = ? AND status IN {ACTIVE} RETURNING webhook_url",
+                f"WHERE id = ? AND status IN {ACTIVE} RETURNING webhook_url, owner",
                 (job.status, job.expires_at, _json(job), stored_bytes, job.id),
             )
             if not rows:
                 return False
-            ((url,),) = rows
+            ((url, owner),) = rows
             if webhook is not None and url is not None:
                 message_id, body = webhook
                 await tx.execute(
-                    f"INSERT INTO webhooks (job_id, url, message_id, body, due_at) VALUES (?, ?, ?, ?, {self.now})",
-                    (job.id, url, message_id, body.decode()),
+                    "INSERT INTO webhooks (job_id, url, message_id, body, owner, due_at) "
+                    f"VALUES (?, ?, ?, ?, ?, {self.now})",
+                    (job.id, url, message_id, body.decode(), owner),
                 )
             await self._changed(tx, job.id)
             return True
@@ -279,11 +285,11 @@ class SqlStore:
             rows = await tx.execute(
                 f"UPDATE webhooks SET leased_by = ?, lease_until = {self.now} + ? WHERE id IN (SELECT id FROM webhooks "
                 f"WHERE due_at <= {self.now} AND (lease_until IS NULL OR lease_until < {self.now}) ORDER BY id LIMIT ? "
-                f"{self.skip_locked}) RETURNING id, job_id, url, message_id, body, attempts",
+                f"{self.skip_locked}) RETURNING id, job_id, url, message_id, body, attempts, owner",
                 (runner, lease_s, limit),
             )
-        return [Webhook(id, job_id, url, message_id, body.encode(), attempts) for id, job_id, url, message_id, body,
-                attempts in sorted(rows)]  # fmt: skip
+        return [Webhook(id, job_id, url, message_id, body.encode(), attempts, owner) for id, job_id, url, message_id,
+                body, attempts, owner in sorted(rows)]  # fmt: skip
 
     async def webhook_done(self, webhook_id: int) -> None:
         async with self.transaction() as tx:

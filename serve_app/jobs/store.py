@@ -72,6 +72,7 @@ class Webhook:
     message_id: str
     body: bytes
     attempts: int
+    owner: str  # the job's API key id: its keys sign the event
 
 
 class JobStore(Protocol):

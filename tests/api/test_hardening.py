@@ -24,6 +24,7 @@ from serve_app.api.images import decode_base64
 from serve_app.api.openai_form import frames_for, map_form, nearest_size
 from serve_app.api.parsing import content_length
 from serve_app.common.storage import VIDEO, ResultStorage
+from serve_app.config import webhook_keys
 
 
 @pytest.fixture
@@ -297,3 +298,14 @@ def test_the_api_never_answers_a_500_to_any_request_its_description_allows_or_re
     if case.media_type == "multipart/form-data":
         excluded.append(negative_data_rejection)
     case.validate_response(response, excluded_checks=excluded)
+
+
+def test_a_key_gets_its_own_webhook_secrets_and_none_when_webhooks_are_off(served, monkeypatch):
+    client, _ = served
+    monkeypatch.setenv("WAN_WEBHOOK_SECRET", "first second")
+    response = client.get("/v1/webhooks/secret", headers=AUTH)
+    assert response.status_code == 200
+    assert response.json() == {"object": "webhook_secret", "secrets": webhook_keys(KEY_ID)}
+    assert assert_error(client.get("/v1/webhooks/secret"), 401)
+    monkeypatch.delenv("WAN_WEBHOOK_SECRET")
+    assert assert_error(client.get("/v1/webhooks/secret", headers=AUTH), 404)["code"] == "not_found"
