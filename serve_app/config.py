@@ -129,13 +129,13 @@ class AppArgs(BaseModel):
     max_streams_per_key: int = Field(
         16,
         ge=1,
-        description="Event streams and long polls (a waiting `/predict`) one API key holds at once on an "
-        "Ingress replica; past it, 429 with Retry-After.",
+        description="Event streams, long polls (a waiting `/predict`) and downloads one API key holds at once "
+        "on an Ingress replica; past it, 429 with Retry-After.",
     )
     max_streams: int = Field(
         2000,
         ge=1,
-        description="Event streams and long polls that an Ingress replica holds at once, all keys "
+        description="Event streams, long polls and downloads that an Ingress replica holds at once, all keys "
         "together; past it, 429 with Retry-After.",
     )
     max_submissions_per_key: int = Field(

@@ -55,7 +55,8 @@ class Slots:
 
 
 def stream_slots(args: AppArgs) -> Slots:
-    return Slots(args.max_streams_per_key, args.max_streams, "too_many_streams", "event streams and long polls")
+    what = "event streams, long polls and downloads"
+    return Slots(args.max_streams_per_key, args.max_streams, "too_many_streams", what)
 
 
 def submission_slots(args: AppArgs) -> Slots:

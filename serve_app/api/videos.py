@@ -98,12 +98,21 @@ async def get_video(video_id: str, state: State, owner: Owner) -> Job:
 async def get_video_content(
     video_id: str, request: Request, state: State, owner: Owner, variant: Literal["video", "thumbnail"] = "video"
 ) -> StreamingResponse:
-    """The MP4 (`Range` requests work), or with `variant=thumbnail` the first frame as a JPEG."""
+    """The MP4 (`Range` requests work), or with `variant=thumbnail` the first frame as a JPEG. One
+    of the key's streams on this replica while it is sent (429 past its cap): a slow reader holds
+    its download, and Serve's proxy what it was sent, so neither may add up without bound."""
     job = await _job(state, owner, video_id)
     if job.status != "completed":
         raise Conflict(f"The job is {job.status}: its video exists once it has completed.", code="video_not_ready")
     name, media_type = _VARIANTS[variant]
-    return await file_response(state.storage, job.id, name, media_type, request.headers.get("range"))
+    give_back = state.streams.take(owner)
+    try:
+        response = await file_response(state.storage, job.id, name, media_type, request.headers.get("range"))
+    except BaseException:
+        give_back()
+        raise
+    response.background = BackgroundTask(give_back)  # once the body is sent, or the client has gone
+    return response
 
 
 @videos_router.get("/{video_id}/events", response_class=StreamingResponse)

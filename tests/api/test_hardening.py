@@ -5,12 +5,16 @@ of the parsers and of the whole API (Hypothesis, Schemathesis): a 4xx in our err
 
 import asyncio
 import math
+import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 import schemathesis
+import uvicorn
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,6 +27,7 @@ from serve_app.api.errors import ServiceError
 from serve_app.api.images import decode_base64
 from serve_app.api.openai_form import frames_for, map_form, nearest_size
 from serve_app.api.parsing import content_length
+from serve_app.benchmark.local_cluster import free_port
 from serve_app.common.storage import VIDEO, ResultStorage
 from serve_app.config import webhook_keys
 
@@ -309,3 +314,56 @@ def test_a_key_gets_its_own_webhook_secrets_and_none_when_webhooks_are_off(serve
     assert assert_error(client.get("/v1/webhooks/secret"), 401)
     monkeypatch.delenv("WAN_WEBHOOK_SECRET")
     assert assert_error(client.get("/v1/webhooks/secret", headers=AUTH), 404)["code"] == "not_found"
+
+
+def test_a_download_holds_one_of_the_keys_streams_until_its_body_is_sent(tmp_path):
+    # /content took no slot: slow readers of whole videos added up without bound.
+    app, jobs = api(tmp_path, max_streams_per_key=2)
+    client = TestClient(app, raise_server_exceptions=False)
+    client.post("/v1/videos", json={"prompt": "a fox"}, headers=AUTH)
+    ResultStorage(str(tmp_path / "results")).write("video_x", {VIDEO: b"0123456789" * 100_000})
+    jobs._job = jobs._job.model_copy(update={"status": "completed"})
+    streams = app.state.ingress.streams
+    held = [streams.take(KEY_ID), streams.take(KEY_ID)]
+    refused = client.get("/v1/videos/video_x/content", headers=AUTH)
+    assert assert_error(refused, 429)["code"] == "too_many_streams" and refused.headers["Retry-After"] == "5"
+    held.pop()()
+    for _ in range(3):  # each download gives its slot back once sent
+        response = client.get("/v1/videos/video_x/content", headers=AUTH)
+        assert response.status_code == 200 and len(response.content) == 1_000_000
+    assert streams.take(KEY_ID)
+
+
+def test_a_slow_reader_slows_the_reads_of_its_download(tmp_path):
+    # Served by uvicorn (Serve's HTTP server) on loopback: a client that reads nothing leaves the
+    # file mostly unread, rather than the whole video read into memory for it.
+    app, jobs = api(tmp_path)
+    TestClient(app).post("/v1/videos", json={"prompt": "a fox"}, headers=AUTH)
+    storage = app.state.ingress.storage
+    storage.write("video_x", {VIDEO: bytes(64 * 2**20)})
+    jobs._job = jobs._job.model_copy(update={"status": "completed"})
+    reads = []
+    opened = storage.open
+
+    def counting_open(job_id, name):
+        file = opened(job_id, name)
+        read = file.read
+        file.read = lambda size: reads.append(size) or read(size)
+        return file
+
+    storage.open = counting_open
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.01)
+        with socket.create_connection(("127.0.0.1", port)) as connection:
+            connection.sendall(b"GET /v1/videos/video_x/content HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n\r\n")
+            assert connection.recv(100).startswith(b"HTTP/1.1 200")
+            time.sleep(0.5)  # long enough for an unpaced server to read all 64 MiB
+            assert 0 < sum(reads) < 32 * 2**20
+    finally:
+        server.should_exit = True
+        thread.join(5)

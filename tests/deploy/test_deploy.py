@@ -212,6 +212,8 @@ def test_only_the_serve_port_is_open_and_the_ingress_outlasts_a_long_request():
     timeout = serve_config_v2()["http_options"]["request_timeout_s"]
     assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= timeout
     assert int(annotations["nginx.ingress.kubernetes.io/proxy-send-timeout"]) >= timeout
+    # nginx holds what slow readers have not taken (not Serve's unbounded proxy queue).
+    assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "on"
 
 
 def test_the_dashboard_shows_only_metrics_that_exist():
