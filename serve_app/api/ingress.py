@@ -14,6 +14,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.api.auth import KEY_ID_SECRET_ENV, ApiKeys
 from serve_app.api.dependencies import IngressState
 from serve_app.api.errors import install_error_handlers
+from serve_app.api.headers import add_security_headers
 from serve_app.api.health import READY_CACHE_S, Cached, health_router, status_router
 from serve_app.api.images import ImageLoader, ImagePolicy
 from serve_app.api.page import page_router
@@ -90,6 +91,8 @@ def create_api(state: IngressState, api_keys: ApiKeys | None) -> FastAPI:
         title="Wan2.2 TI2V video generation",
         description="Text-to-video and text+image-to-video with Wan2.2 TI2V-5B on Ray Serve.",
         version="1.0.0",
+        docs_url=None,  # served by `page`, from local assets instead of a CDN
+        redoc_url=None,
     )
     api.state.ingress = state
     api.state.api_keys = api_keys
@@ -114,6 +117,7 @@ def create_api(state: IngressState, api_keys: ApiKeys | None) -> FastAPI:
         ray_id = _get_serve_request_context().request_id
         request.state.request_id = ray_id or uuid.uuid4().hex
         response = await call_next(request)
+        add_security_headers(request, response)
         if not ray_id:
             response.headers["X-Request-ID"] = request.state.request_id
         route = request.scope.get("route")

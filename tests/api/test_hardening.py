@@ -4,7 +4,10 @@ of the parsers and of the whole API (Hypothesis, Schemathesis): a 4xx in our err
 500. The Ingress's app runs in-process (`support.api`), without Ray."""
 
 import asyncio
+import base64
+import hashlib
 import math
+import re
 import socket
 import tempfile
 import threading
@@ -24,8 +27,10 @@ from support.media import png_bytes
 
 from serve_app.api.downloads import parse_range
 from serve_app.api.errors import ServiceError
+from serve_app.api.headers import page_csp
 from serve_app.api.images import decode_base64
 from serve_app.api.openai_form import frames_for, map_form, nearest_size
+from serve_app.api.page import PAGE
 from serve_app.api.parsing import content_length
 from serve_app.benchmark.local_cluster import free_port
 from serve_app.common.storage import VIDEO, ResultStorage
@@ -367,3 +372,39 @@ def test_a_slow_reader_slows_the_reads_of_its_download(tmp_path):
     finally:
         server.should_exit = True
         thread.join(5)
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/v1/videos", "/no-such-route", "/", "/docs"])
+def test_every_answer_carries_a_csp_nosniff_and_no_referrer(served, path):
+    response = served[0].get(path, headers=AUTH)
+    csp = response.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert "Strict-Transport-Security" not in response.headers  # plain HTTP: HSTS means nothing here
+
+
+def test_hsts_once_the_proxy_says_the_request_came_over_tls(served):
+    response = served[0].get("/healthz", headers={"X-Forwarded-Proto": "https"})
+    assert response.headers["Strict-Transport-Security"].startswith("max-age=31536000")
+
+
+def test_the_page_runs_only_its_own_inline_code_by_hash():
+    csp = page_csp(PAGE)
+    script = re.search(r"<script>(.*?)</script>", PAGE, re.DOTALL).group(1)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in csp and "unsafe" not in csp
+    assert " style=" not in PAGE and " onclick=" not in PAGE  # inline attributes the CSP would block
+
+
+def test_the_docs_load_swagger_ui_from_the_service_not_a_cdn(served):
+    client, _ = served
+    html = client.get("/docs").text
+    assert "cdn" not in html and "https://" not in html
+    for asset, media_type in [("swagger-ui-bundle.js", "text/javascript"), ("swagger-ui.css", "text/css")]:
+        assert f"/docs/assets/{asset}" in html
+        response = client.get(f"/docs/assets/{asset}")
+        assert response.status_code == 200 and response.headers["content-type"].startswith(media_type)
+        assert len(response.content) > 10_000
+    assert assert_error(client.get("/docs/assets/..%2Fcore.py"), 404)
+    assert client.get("/redoc").status_code == 404  # ReDoc would load from a CDN

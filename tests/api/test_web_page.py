@@ -189,8 +189,24 @@ def test_cors_allows_only_the_configured_origins(service):
 def test_the_docs_javascript_example_plays_a_video(page, service):
     clients = (ROOT / "docs" / "clients.md").read_text()
     html = clients.split("## JavaScript in the browser")[1].split("```html")[1].split("```")[0]
-    # The docs' snippet as the whole document, on the service's origin (as the page at / is).
-    page.set_content(html.replace('"http://127.0.0.1:8000"', f'"{service}"'))
+    # The docs' snippet as the whole document of a page on the service's origin (as the page at / is,
+    # but without that page's CSP, which allows its own script only).
+    snippet = html.replace('"http://127.0.0.1:8000"', f'"{service}"')
+    page.route(f"{service}/example.html", lambda route: route.fulfill(body=snippet, content_type="text/html"))
+    page.goto(f"{service}/example.html")
     details = page.evaluate("(key) => generateVideo('a paper plane', key)", API_KEYS[0])
     assert details["num_frames"] == 25
     assert video_metadata(page)["width"] == 256
+
+
+def test_the_page_and_the_docs_run_under_their_csp_with_nothing_from_elsewhere(page, service):
+    # /docs loaded Swagger UI from a CDN: a blank page on an offline cluster.
+    violations, elsewhere = [], []
+    page.on("console", lambda message: "Content Security Policy" in message.text and violations.append(message.text))
+    page.on("request", lambda request: request.url.startswith(service) or elsewhere.append(request.url))
+    page.goto(f"{service}/docs")
+    page.locator(".swagger-ui .info .title").wait_for(timeout=30_000)
+    assert "Wan2.2" in page.locator(".swagger-ui .info .title").inner_text()
+    page.goto(service)
+    page.get_by_label("API key").wait_for()
+    assert violations == [] and elsewhere == []
