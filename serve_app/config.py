@@ -133,7 +133,7 @@ class AppArgs(BaseModel):
         "on an Ingress replica; past it, 429 with Retry-After.",
     )
     max_streams: int = Field(
-        2000,
+        400,
         ge=1,
         description="Event streams, long polls and downloads that an Ingress replica holds at once, all keys "
         "together; past it, 429 with Retry-After.",
@@ -163,6 +163,12 @@ class AppArgs(BaseModel):
     )
     max_stored_mb_per_key: float = Field(
         10_000, gt=0, description="Megabytes of videos one API key keeps; past it, its submissions get 429."
+    )
+    max_stored_gb: float | None = Field(
+        None,
+        gt=0,
+        description="Gigabytes of videos stored by every key together (the results volume's size, less a "
+        "margin); past it, submissions get 503 `storage_full` with Retry-After. None: no cap but the per-key one.",
     )
     retention_hours: float = Field(
         24.0, gt=0, description="How long a finished job and its files are kept before they are deleted."

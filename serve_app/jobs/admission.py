@@ -20,12 +20,14 @@ class Admission:
         max_per_key: int,
         max_stored_jobs_per_key: int,
         max_stored_bytes_per_key: int,
+        max_stored_bytes: int | None = None,
     ) -> None:
         self._store = store
         self._max_queued = max_queued
         self._max_per_key = max_per_key
         self._max_stored_jobs = max_stored_jobs_per_key
         self._max_stored_bytes = max_stored_bytes_per_key
+        self._max_total_bytes = max_stored_bytes
         # How long recent jobs ran, for the Retry-After of a refusal.
         self._recent_run_s: deque[float] = deque([60.0], maxlen=20)
         # What the generators' GPU memory allows, as the latest to start a job reported it.
@@ -45,34 +47,28 @@ class Admission:
         run_s = sum(self._recent_run_s) / len(self._recent_run_s)
         queued = usage.queued
         if queued >= self._max_queued:
-            running = max(1, usage.running)
-            wait = run_s * (queued - self._max_queued + 1) / running
-            return Refusal(
-                status=503,
-                code="queue_full",
-                message=f"The queue is full ({queued} jobs waiting). Retry later.",
-                retry_after_s=_bounded(wait),
+            wait = run_s * (queued - self._max_queued + 1) / max(1, usage.running)
+            return _refusal(503, "queue_full", f"The queue is full ({queued} jobs waiting). Retry later.", wait)
+        if self._max_total_bytes is not None and usage.total_bytes >= self._max_total_bytes:
+            message = (
+                f"This server stores {usage.total_bytes / 2**30:.1f} GiB of videos, its limit. Retry once some expire."
             )
-        active = usage.owner_active
-        if active >= self._max_per_key:
-            return Refusal(
-                status=429,
-                code="too_many_jobs",
-                message=f"This API key already has {active} jobs queued or running, its limit. "
-                "Retry when one has finished, or cancel one.",
-                retry_after_s=_bounded(run_s),
-            )
+            return _refusal(503, "storage_full", message, run_s)
+        if usage.owner_active >= self._max_per_key:
+            message = (f"This API key already has {usage.owner_active} jobs queued or running, its limit. "
+                       "Retry when one has finished, or cancel one.")  # fmt: skip
+            return _refusal(429, "too_many_jobs", message, run_s)
         stored_jobs, stored_bytes = usage.owner_jobs, usage.owner_bytes
         if stored_jobs >= self._max_stored_jobs or stored_bytes >= self._max_stored_bytes:
-            return Refusal(
-                status=429,
-                code="storage_quota",
-                message=f"This API key stores {stored_jobs} jobs and {stored_bytes / 2**20:.0f} MiB of videos, "
-                f"its limit ({self._max_stored_jobs} jobs, {self._max_stored_bytes / 2**20:.0f} MiB). Delete some, "
-                "or retry once they expire.",
-                retry_after_s=_bounded(run_s),
-            )
+            limit = f"{self._max_stored_jobs} jobs, {self._max_stored_bytes / 2**20:.0f} MiB"
+            message = (f"This API key stores {stored_jobs} jobs and {stored_bytes / 2**20:.0f} MiB of videos, its "
+                       f"limit ({limit}). Delete some, or retry once they expire.")  # fmt: skip
+            return _refusal(429, "storage_quota", message, run_s)
         return None
+
+
+def _refusal(status: int, code: str, message: str, wait_s: float) -> Refusal:
+    return Refusal(status=status, code=code, message=message, retry_after_s=_bounded(wait_s))
 
 
 def _bounded(seconds: float) -> int:

@@ -81,6 +81,7 @@ class Jobs:
             max_per_key=args.max_jobs_per_key,
             max_stored_jobs_per_key=args.max_stored_jobs_per_key,
             max_stored_bytes_per_key=int(args.max_stored_mb_per_key * 2**20),
+            max_stored_bytes=int(args.max_stored_gb * 2**30) if args.max_stored_gb is not None else None,
         )
         # How each generator replica runs the model, as it reported with its latest job here.
         self._generators: dict[str, dict] = {}

@@ -159,7 +159,7 @@ class SqlStore:
             return await self._usage(tx, owner)
 
     async def _usage(self, tx: Transaction, owner: str) -> Usage:
-        (((queued, running),), ((active, jobs, stored),)) = (
+        (((queued, running),), ((active, jobs, stored),), ((total,),)) = (
             await tx.execute(
                 "SELECT COALESCE(SUM(CASE WHEN status = 'queued' THEN 1 ELSE 0 END), 0), COALESCE(SUM(CASE WHEN "
                 f"status = 'in_progress' THEN 1 ELSE 0 END), 0) FROM jobs WHERE status IN {ACTIVE}"
@@ -169,8 +169,9 @@ class SqlStore:
                 "COALESCE(SUM(stored_bytes), 0) FROM jobs WHERE owner = ?",
                 (owner,),
             ),
+            await tx.execute("SELECT COALESCE(SUM(stored_bytes), 0) FROM jobs"),
         )
-        return Usage(int(queued), int(running), int(active), int(jobs), int(stored))
+        return Usage(int(queued), int(running), int(active), int(jobs), int(stored), int(total))
 
     async def page(self, owner: str, after: str | None, limit: int, newest_first: bool) -> list[Job] | None:
         cursor = 2**63 - 1 if newest_first else 0

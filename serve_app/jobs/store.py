@@ -52,6 +52,7 @@ class Usage:
     owner_active: int  # the owner's jobs queued or running
     owner_jobs: int  # the owner's jobs stored, whatever their status
     owner_bytes: int  # their stored bytes
+    total_bytes: int  # every key's stored bytes
 
 
 @dataclass(frozen=True)

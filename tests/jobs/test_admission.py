@@ -111,3 +111,14 @@ def test_concurrent_submissions_through_two_replicas_never_pass_the_key_limit_to
     outcomes, queued = asyncio.run(scenario())
     assert queued == 3 and outcomes.count(None) == 3
     assert {refusal.code for refusal in outcomes if refusal is not None} == {"too_many_jobs"}
+
+
+def test_a_full_results_store_refuses_every_key_with_a_503(tmp_path):
+    async def setup(store):
+        await add(store, "a", 1, "completed", stored_bytes=3 * 2**20)
+        await add(store, "c", 1, "completed", stored_bytes=3 * 2**20)
+
+    answers = refusals(tmp_path, setup, max_stored_bytes=6 * 2**20)
+    assert answers["a"].code == answers["b"].code == "storage_full" and answers["b"].status == 503
+    assert answers["b"].retry_after_s >= 1
+    assert refusals(tmp_path / "room", setup, max_stored_bytes=7 * 2**20) == {"a": None, "b": None}
