@@ -113,9 +113,11 @@ def create_api(state: IngressState, api_keys: ApiKeys | None) -> FastAPI:
     @api.middleware("http")
     async def request_id_and_metrics(request: Request, call_next):
         # Ray's proxy gives every request an id, logs it and returns it as X-Request-ID: use the
-        # same one in our error bodies and log lines. Outside Ray (unit tests) make one.
+        # same one in our error bodies and log lines, unless the client chose it (Ray takes a
+        # request's X-Request-ID as is): then one of our own. Outside Ray (unit tests) make one.
         ray_id = _get_serve_request_context().request_id
-        request.state.request_id = ray_id or uuid.uuid4().hex
+        ours = ray_id if ray_id and "x-request-id" not in request.headers else None
+        request.state.request_id = ours or uuid.uuid4().hex
         response = await call_next(request)
         add_security_headers(request, response)
         if not ray_id:

@@ -4,12 +4,14 @@ carries a request id, which is also in the log line with the traceback; nothing 
 
 import asyncio
 import logging
+from types import SimpleNamespace
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 from support.api import AUTH, FakeJobs, api
 
+from serve_app.api import ingress
 from serve_app.api.health import Cached
 from serve_app.messages import JobError
 
@@ -106,3 +108,14 @@ def test_a_cached_answer_is_asked_again_once_stale_and_a_failure_is_not_kept():
         return fresh, kept, await cached()
 
     assert asyncio.run(scenario()) == (1, 1, 2)
+
+
+def test_an_error_body_never_carries_an_id_the_client_chose(tmp_path, monkeypatch, caplog):
+    # Ray's proxy takes a client's X-Request-ID as the request's id: it landed in logs and bodies.
+    chosen = "forged\u2028id"
+    monkeypatch.setattr(ingress, "_get_serve_request_context", lambda: SimpleNamespace(request_id=chosen))
+    with caplog.at_level(logging.ERROR):
+        response = api_client(tmp_path).get("/readyz", headers={"X-Request-ID": chosen.encode("utf-8")})
+    error = response.json()["error"]
+    assert response.status_code == 500 and error["request_id"] != chosen and len(error["request_id"]) == 32
+    assert chosen not in caplog.text and error["request_id"] in caplog.text
