@@ -22,7 +22,7 @@ def page_csp(html: str, *, img: str = "'self' data: blob:", style: str = "") -> 
     return (
         f"default-src 'none'; script-src 'self' {' '.join(hashes['script'])}; "
         f"style-src 'self' {style}{' '.join(hashes['style'])}; img-src {img}; media-src 'self' blob:; "
-        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+        "connect-src 'self' blob:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
     )
 
 

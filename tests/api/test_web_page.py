@@ -54,7 +54,7 @@ def fill(page: Page, key: str = API_KEYS[0], prompt: str = "A red fox running th
 
 
 def video_metadata(page: Page) -> dict:
-    page.wait_for_function("document.getElementById('video').readyState >= 1", timeout=60_000)
+    page.wait_for_function("() => document.getElementById('video').readyState >= 1", timeout=60_000)
     return page.evaluate(
         "() => { const v = document.getElementById('video');"
         " return {duration: v.duration, width: v.videoWidth, height: v.videoHeight}; }"
@@ -124,7 +124,7 @@ def test_an_image_over_the_size_cap_shows_the_413_message(page):
     page.locator("#image-file").set_input_files(
         files=[{"name": "big.png", "mimeType": "image/png", "buffer": big.getvalue()}]
     )
-    page.wait_for_function("document.getElementById('crop').width > 0")
+    page.wait_for_function("() => document.getElementById('crop').width > 0")
     page.get_by_role("button", name="Generate").click()
     expect(page.get_by_role("alert")).to_have_text(re.compile("^Too large: The request body is over the .* byte limit"))
 
@@ -135,7 +135,7 @@ def test_text_and_image_with_an_uploaded_file(page):
     page.locator("#image-file").set_input_files(
         files=[{"name": "red.png", "mimeType": "image/png", "buffer": png_bytes((160, 90))}]
     )
-    page.wait_for_function("document.getElementById('crop').width > 0")
+    page.wait_for_function("() => document.getElementById('crop').width > 0")
     page.screenshot(path=SHOTS / "6-image.png", full_page=True)
     page.get_by_role("button", name="Generate").click()
     expect(page.locator("#status")).to_have_text(re.compile("^Done:"), timeout=60_000)
