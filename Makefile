@@ -5,7 +5,8 @@ VENV ?= .venv
 # A CPU build of PyTorch; a GPU machine can pass another, e.g. TORCH_SPEC='torch==2.13.0'.
 TORCH_SPEC ?= torch==2.13.0
 WAN_API_KEYS ?= local-dev-key
-export WAN_API_KEYS
+WAN_KEY_ID_SECRET ?= local-dev-key-id-secret
+export WAN_API_KEYS WAN_KEY_ID_SECRET
 
 BIN := $(VENV)/bin
 # Debian's Chromium, driven by Playwright in the web page tests (Playwright's own browser
@@ -14,7 +15,7 @@ CHROMIUM := /usr/bin/chromium
 POSTGRES := /usr/lib/postgresql/15/bin/initdb
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test test-fast lint bench gpu-wheels
+.PHONY: install run test test-fast lint bench gpu-wheels lock
 
 install: $(VENV)/.installed
 
@@ -28,6 +29,19 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	@echo "Serving the tiny model on http://127.0.0.1:8000 -- API key(s): $$WAN_API_KEYS"
 	$(BIN)/serve run serve_config.local.yaml
+
+# The image's lock file: every dependency (and the s3 extra) from PyPI with its hashes, for the
+# base image's Python 3.11 on Linux x86_64. Torch and its CUDA libraries are left out: they come
+# from the PyTorch index that matches the nodes' CUDA (docs/kubernetes.md, "The supply chain").
+TORCH_STACK := torch triton cuda-bindings cuda-pathfinder cuda-toolkit networkx sympy mpmath setuptools \
+	nvidia-cublas nvidia-cuda-cccl nvidia-cuda-cupti nvidia-cuda-nvrtc nvidia-cuda-runtime nvidia-cudnn-cu13 \
+	nvidia-cufft nvidia-cufile nvidia-curand nvidia-cusolver nvidia-cusparse nvidia-cusparselt-cu13 \
+	nvidia-nccl-cu13 nvidia-nvjitlink nvidia-nvshmem-cu13 nvidia-nvtx
+lock: install
+	$(BIN)/python -m pip install -q uv
+	$(BIN)/uv pip compile pyproject.toml --extra s3 --generate-hashes --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --index-url https://pypi.org/simple \
+		--custom-compile-command "make lock" $(foreach p,$(TORCH_STACK),--no-emit-package $(p)) -o deploy/requirements.lock
 
 # ruff, and the rules between the deployments (import-linter, contracts in pyproject.toml).
 lint: install

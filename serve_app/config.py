@@ -2,6 +2,8 @@
 secrets that come from the environment instead."""
 
 import base64
+import hashlib
+import hmac
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +89,11 @@ class AppArgs(BaseModel):
         description="Host names or IP networks (CIDR) that `image_url` and `webhook_url` may reach although "
         "they are not public, for example an internal image store. Empty: only public addresses.",
     )
+    url_ports: list[int] = Field(
+        [80, 443],
+        description="The ports that `image_url` and `webhook_url` may use on a public host (an allow-listed one: "
+        "any). Others are refused, with the same message as a refused address.",
+    )
     max_constructor_retries: int = Field(
         3, ge=1, description="How often Ray retries a generator replica whose model fails to load."
     )
@@ -122,13 +129,13 @@ class AppArgs(BaseModel):
     max_streams_per_key: int = Field(
         16,
         ge=1,
-        description="Event streams and long polls (a waiting `/predict`) one API key holds at once on an "
-        "Ingress replica; past it, 429 with Retry-After.",
+        description="Event streams, long polls (a waiting `/predict`) and downloads one API key holds at once "
+        "on an Ingress replica; past it, 429 with Retry-After.",
     )
     max_streams: int = Field(
-        2000,
+        400,
         ge=1,
-        description="Event streams and long polls that an Ingress replica holds at once, all keys "
+        description="Event streams, long polls and downloads that an Ingress replica holds at once, all keys "
         "together; past it, 429 with Retry-After.",
     )
     max_submissions_per_key: int = Field(
@@ -156,6 +163,12 @@ class AppArgs(BaseModel):
     )
     max_stored_mb_per_key: float = Field(
         10_000, gt=0, description="Megabytes of videos one API key keeps; past it, its submissions get 429."
+    )
+    max_stored_gb: float | None = Field(
+        None,
+        gt=0,
+        description="Gigabytes of videos stored by every key together (the results volume's size, less a "
+        "margin); past it, submissions get 503 `storage_full` with Retry-After. None: no cap but the per-key one.",
     )
     retention_hours: float = Field(
         24.0, gt=0, description="How long a finished job and its files are kept before they are deleted."
@@ -258,12 +271,24 @@ SECRET_ENV = "WAN_WEBHOOK_SECRET"
 _SECRET_PREFIX = "whsec_"
 
 
-def webhook_secret() -> bytes | None:
-    """The signing key from WAN_WEBHOOK_SECRET: `whsec_<base64>` as Standard Webhooks libraries
-    make them, or any other string taken as its UTF-8 bytes. None: webhooks are off."""
-    secret = os.environ.get(SECRET_ENV, "").strip()
-    if not secret:
-        return None
-    if secret.startswith(_SECRET_PREFIX):
-        return base64.b64decode(secret.removeprefix(_SECRET_PREFIX))
-    return secret.encode()
+def webhook_secrets() -> list[bytes]:
+    """The server's webhook secrets from WAN_WEBHOOK_SECRET, separated by spaces (several during a
+    rotation, the newest first): each `whsec_<base64>` as Standard Webhooks libraries make them, or
+    any other string taken as its UTF-8 bytes. Empty: webhooks are off."""
+    return [
+        base64.b64decode(secret.removeprefix(_SECRET_PREFIX)) if secret.startswith(_SECRET_PREFIX) else secret.encode()
+        for secret in os.environ.get(SECRET_ENV, "").split()
+    ]
+
+
+def webhook_keys(owner: str) -> list[str]:
+    """The keys that sign the webhooks of one API key (its id), one per server secret, as
+    `whsec_<base64>`: derived from the secret and the key id, so that the key a tenant is given
+    verifies its own events only, and forges no other tenant's."""
+    return [
+        _SECRET_PREFIX
+        + base64.b64encode(
+            hmac.new(secret, b"wan-serve webhook key\0" + owner.encode(), hashlib.sha256).digest()
+        ).decode()
+        for secret in webhook_secrets()
+    ]

@@ -21,6 +21,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found", 404
     METHOD_NOT_ALLOWED = "method_not_allowed", 405
     PAYLOAD_TOO_LARGE = "payload_too_large", 413
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type", 415
     RANGE_NOT_SATISFIABLE = "range_not_satisfiable", 416
     # Starlette's own errors of other statuses keep their status (see api.errors).
     HTTP_ERROR = "http_error", 400
@@ -34,6 +35,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_STREAMS = "too_many_streams", 429
     TOO_MANY_SUBMISSIONS = "too_many_submissions", 429
     QUEUE_FULL = "queue_full", 503
+    STORAGE_FULL = "storage_full", 503
     NOT_READY = "not_ready", 503  # /readyz: no generator has its model loaded yet
     # A generation: refused at submission, or a failed job (what `/predict` answers for it). A video
     # too large for the GPUs is the caller's to change, so a 400.

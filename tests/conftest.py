@@ -14,7 +14,7 @@ import pytest
 import yaml
 from support.image_server import image_server as serve_images
 from support.postgres import postgres_server
-from support.service import API_KEYS, ROOT, TEST_ARGS, WEBHOOK_SECRET
+from support.service import API_KEYS, KEY_ID_SECRET, ROOT, TEST_ARGS, WEBHOOK_SECRET
 
 from serve_app.benchmark.local_cluster import LOOPBACK, free_port
 
@@ -31,6 +31,8 @@ def image_server() -> Iterator[str]:
         yield url
 
 
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
     import ray
@@ -39,6 +41,7 @@ def ray_cluster() -> Iterator[None]:
     # Replicas inherit the environment of the processes Ray starts here.
     os.environ["WAN_API_KEYS"] = ",".join(API_KEYS)
     os.environ.pop("WAN_API_KEYS_FILE", None)
+    os.environ["WAN_KEY_ID_SECRET"] = KEY_ID_SECRET
     os.environ.pop("WAN_DATABASE_URL", None)
     os.environ["WAN_WEBHOOK_SECRET"] = WEBHOOK_SECRET
     ray.init(

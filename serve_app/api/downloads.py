@@ -1,5 +1,6 @@
 """Serving stored files: streamed from storage in chunks, with single-range `Range` requests so
-that a browser can seek in a video."""
+that a browser can seek in a video. A chunk is read only once the one before has been sent (the
+ASGI server waits for the client), so a slow reader slows the reads instead of filling memory."""
 
 import asyncio
 import re
@@ -12,7 +13,7 @@ from serve_app.common.storage import ResultStorage
 
 # Up to 19 digits: more than any file has bytes (and than int() is asked to read).
 _RANGE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})")
-_CHUNK = 1 << 20
+_CHUNK = 256 << 10
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:

@@ -63,6 +63,10 @@ class PayloadTooLarge(ServiceError):
     code = ErrorCode.PAYLOAD_TOO_LARGE
 
 
+class UnsupportedMediaType(ServiceError):
+    code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
+
+
 class Refused(ServiceError):
     """The jobs deployment refused a submission (it does not fit, the queue or the key's share is
     full, an idempotency conflict)."""

@@ -1,9 +1,12 @@
 """Health and status: `/healthz` and `/readyz` for probes and load balancers (open, and saying
 nothing about the deployment but whether it serves), `/v1/status` for operators (with a key)."""
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from serve_app.api.auth import require_api_key
 from serve_app.api.dependencies import State
@@ -13,6 +16,30 @@ from serve_app.error_codes import ErrorCode
 
 health_router = APIRouter()
 status_router = APIRouter(dependencies=[Depends(require_api_key)])
+# `/readyz` is open to anyone and asks the Serve controller: at most one question in this long.
+READY_CACHE_S = 2.0
+
+
+class Cached:
+    """An async function's answer, kept for `ttl_s`: callers meanwhile get it, and callers while
+    it is being asked share that one call. A failure is not kept."""
+
+    def __init__(self, call: Callable[[], Awaitable[Any]], ttl_s: float) -> None:
+        self._call = call
+        self._ttl_s = ttl_s
+        self._task: asyncio.Future | None = None
+        self._asked_at = 0.0
+
+    async def __call__(self) -> Any:
+        task = self._task
+        stale = task is None or (task.done() and (task.exception() is not None or self._expired()))
+        if stale:
+            self._asked_at = time.monotonic()
+            self._task = task = asyncio.ensure_future(self._call())
+        return await asyncio.shield(task)
+
+    def _expired(self) -> bool:
+        return time.monotonic() - self._asked_at >= self._ttl_s
 
 
 @health_router.get("/healthz")
@@ -22,9 +49,9 @@ async def healthz() -> dict[str, str]:
 
 
 @health_router.get("/readyz", responses={503: {"model": ErrorResponse}})
-async def readyz(state: State) -> Any:
-    """At least one generator replica has its model loaded, and how many."""
-    replicas = await state.running_generators()
+async def readyz(request: Request) -> Any:
+    """At least one generator replica has its model loaded, and how many (as of 2 s ago at most)."""
+    replicas = await request.app.state.readiness()
     if replicas:
         return {"status": "ready", "generator_replicas": replicas}
     return error_response(

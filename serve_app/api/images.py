@@ -5,7 +5,9 @@ import asyncio
 import base64
 import binascii
 import io
+import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -17,9 +19,20 @@ from serve_app.api.parsing import content_length
 from serve_app.api.protocol import VideoRequest
 from serve_app.common.outbound import OutboundPolicy, pinned_request
 
+logger = logging.getLogger(__name__)
+
 _DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.IGNORECASE)
 _FORMATS = ["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"]
 _MAX_REDIRECTS = 3
+# Images decoded at once on an Ingress replica; the rest wait their turn. A decode of an image at
+# the pixel cap takes about a second of CPU and hundreds of MB: never one per submission in flight.
+DECODE_THREADS = 2
+_DECODERS = ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="wan-image")
+UNREACHABLE = "image_url could not be downloaded (an HTTP 200 answer, in time, at most 3 redirects)."
+
+
+class _Unreachable(Exception):
+    """No image came back (the reason, for the log)."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +60,7 @@ def prepare_image(data: bytes, width: int, height: int, policy: ImagePolicy, par
     """Decode, check and crop an image to exactly `width` x `height`; PNG bytes of the result.
 
     Pillow would stretch an image of another aspect ratio; we cover and centre-crop instead.
-    CPU work: call it from a worker thread.
+    CPU work: call it from a worker thread (`ImageLoader` uses its bounded pool).
     """
     try:
         with Image.open(io.BytesIO(data), formats=_FORMATS) as image:
@@ -57,8 +70,13 @@ def prepare_image(data: bytes, width: int, height: int, policy: ImagePolicy, par
                     f"The image is {image.width}x{image.height}, over the {policy.max_pixels} pixel limit.",
                     param=param,
                 )
+            # The file's structure (a PNG's chunks and their checksums, to its end) without decoding
+            # a pixel: a truncated image was refused only after seconds of decoding.
+            image.verify()
+        with Image.open(io.BytesIO(data), formats=_FORMATS) as image:
+            image.draft("RGB", (width, height))  # a JPEG decodes at the smallest scale that covers the video
             rgb = ImageOps.exif_transpose(image).convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         raise InvalidRequest(
             "The image could not be decoded (PNG, JPEG, WebP, GIF, BMP or TIFF expected).", param=param
         ) from None
@@ -87,45 +105,53 @@ class ImageLoader:
             data, param = await self.fetch(request.image_url), "image_url"
         else:
             return None
-        return await asyncio.to_thread(prepare_image, data, request.width, request.height, self._policy, param)
+        return await asyncio.get_running_loop().run_in_executor(
+            _DECODERS, prepare_image, data, request.width, request.height, self._policy, param
+        )
 
     async def fetch(self, url: str) -> bytes:
+        # One message whatever went wrong (refused connection, timeout, an HTTP status, redirects):
+        # it must not tell a caller whether a port is open. The log says which.
         try:
             async with asyncio.timeout(self._policy.fetch_timeout_s):
                 return await self._follow(url)
-        except TimeoutError:
-            raise InvalidRequest(
-                f"image_url took longer than {self._policy.fetch_timeout_s:g} s to download.", param="image_url"
-            ) from None
-        except httpx.HTTPError as exc:
-            raise InvalidRequest(
-                f"image_url could not be downloaded ({type(exc).__name__}).", param="image_url"
-            ) from None
+        except (TimeoutError, httpx.HTTPError, _Unreachable) as exc:
+            logger.info("image_url not downloaded: %r", exc)
+            raise InvalidRequest(UNREACHABLE, param="image_url") from None
 
     async def _follow(self, url: str) -> bytes:
         async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
             for _ in range(_MAX_REDIRECTS + 1):
                 host, address = await self._outbound.check(url, "image_url")
-                request = pinned_request(client, "GET", url, host, address, headers={"Accept": "image/*"})
+                # `identity`: httpx would inflate a compressed answer a whole chunk at a time, before
+                # the byte cap is checked (a few KB of `gzip, gzip` inflate to gigabytes).
+                headers = {"Accept": "image/*", "Accept-Encoding": "identity"}
+                request = pinned_request(client, "GET", url, host, address, headers=headers)
                 response = await client.send(request, stream=True)
                 try:
                     if response.is_redirect:
                         url = urljoin(url, response.headers["location"])
                         continue
                     if response.status_code != 200:
-                        raise InvalidRequest(f"image_url answered HTTP {response.status_code}.", param="image_url")
+                        raise _Unreachable(f"HTTP {response.status_code}")
                     return await self._read_capped(response)
                 finally:
                     await response.aclose()
-        raise InvalidRequest(f"image_url redirected more than {_MAX_REDIRECTS} times.", param="image_url")
+        raise _Unreachable(f"more than {_MAX_REDIRECTS} redirects")
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
         limit = self._policy.max_bytes
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise InvalidRequest(
+                "image_url answered with a Content-Encoding; only uncompressed (identity) answers are accepted.",
+                param="image_url",
+            )
         declared = content_length(response.headers.get("content-length"))
         if declared is not None and declared > limit:
             raise PayloadTooLarge(f"The image at image_url is over the {limit} byte limit.", param="image_url")
         body = bytearray()
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.aiter_raw():  # the bytes as sent, never inflated
             body += chunk
             if len(body) > limit:
                 raise PayloadTooLarge(f"The image at image_url is over the {limit} byte limit.", param="image_url")

@@ -11,15 +11,17 @@ from ray import serve
 from ray.serve.context import _get_serve_request_context
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.api.auth import ApiKeys
+from serve_app.api.auth import KEY_ID_SECRET_ENV, ApiKeys
 from serve_app.api.dependencies import IngressState
 from serve_app.api.errors import install_error_handlers
-from serve_app.api.health import health_router, status_router
+from serve_app.api.headers import add_security_headers
+from serve_app.api.health import READY_CACHE_S, Cached, health_router, status_router
 from serve_app.api.images import ImageLoader, ImagePolicy
 from serve_app.api.page import page_router
 from serve_app.api.predict import predict_router
 from serve_app.api.slots import stream_slots, submission_slots
 from serve_app.api.videos import videos_router
+from serve_app.api.webhook_keys import webhook_keys_router
 from serve_app.common.logs import use_serve_log_handlers
 from serve_app.common.metrics import RequestMetrics
 from serve_app.common.outbound import OutboundPolicy
@@ -46,7 +48,7 @@ class Ingress:
             max_pixels=self._args.max_image_pixels,
             fetch_timeout_s=self._args.image_fetch_timeout_s,
         )
-        outbound = OutboundPolicy(tuple(self._args.url_allowlist))
+        outbound = OutboundPolicy(tuple(self._args.url_allowlist), tuple(self._args.url_ports))
         state = IngressState(
             args=self._args,
             jobs=self._jobs,
@@ -74,6 +76,11 @@ def load_api_keys(args: AppArgs) -> ApiKeys | None:
             "No API keys configured: set WAN_API_KEYS (comma-separated) or WAN_API_KEYS_FILE (one key a "
             "line), or set the app argument allow_unauthenticated: true for a private, local setup."
         )
+    if not keys.has_secret:
+        raise RuntimeError(
+            f"Set {KEY_ID_SECRET_ENV} (a random string, the same on every node, kept like the keys): key ids in "
+            "logs, metrics and the jobs database are HMACs under it, so that none can be traced back to a key."
+        )
     logger.info("Accepting %d API key(s).", len(keys))
     return keys
 
@@ -84,9 +91,12 @@ def create_api(state: IngressState, api_keys: ApiKeys | None) -> FastAPI:
         title="Wan2.2 TI2V video generation",
         description="Text-to-video and text+image-to-video with Wan2.2 TI2V-5B on Ray Serve.",
         version="1.0.0",
+        docs_url=None,  # served by `page`, from local assets instead of a CDN
+        redoc_url=None,
     )
     api.state.ingress = state
     api.state.api_keys = api_keys
+    api.state.readiness = Cached(state.running_generators, READY_CACHE_S)
     install_error_handlers(api)
     if state.args.cors_origins:
         api.add_middleware(
@@ -103,10 +113,13 @@ def create_api(state: IngressState, api_keys: ApiKeys | None) -> FastAPI:
     @api.middleware("http")
     async def request_id_and_metrics(request: Request, call_next):
         # Ray's proxy gives every request an id, logs it and returns it as X-Request-ID: use the
-        # same one in our error bodies and log lines. Outside Ray (unit tests) make one.
+        # same one in our error bodies and log lines, unless the client chose it (Ray takes a
+        # request's X-Request-ID as is): then one of our own. Outside Ray (unit tests) make one.
         ray_id = _get_serve_request_context().request_id
-        request.state.request_id = ray_id or uuid.uuid4().hex
+        ours = ray_id if ray_id and "x-request-id" not in request.headers else None
+        request.state.request_id = ours or uuid.uuid4().hex
         response = await call_next(request)
+        add_security_headers(request, response)
         if not ray_id:
             response.headers["X-Request-ID"] = request.state.request_id
         route = request.scope.get("route")
@@ -118,4 +131,5 @@ def create_api(state: IngressState, api_keys: ApiKeys | None) -> FastAPI:
     api.include_router(status_router)
     api.include_router(predict_router)
     api.include_router(videos_router)
+    api.include_router(webhook_keys_router)
     return api

@@ -2,9 +2,11 @@
 OpenAI SDK sends), then the pydantic model. Every failure becomes a 400 (or 413) naming the
 offending field."""
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 
+import pydantic_core
 from fastapi import Request
 from pydantic import ValidationError
 from starlette.datastructures import Headers, UploadFile
@@ -15,6 +17,10 @@ from serve_app.api.openai_form import UploadedImage, map_form
 from serve_app.api.protocol import VideoRequest
 from serve_app.error_codes import ErrorCode
 from serve_app.limits import MAX_NAME_CHARS
+
+# Fields a body may have, JSON or form: far more than VideoRequest's, far fewer than a flood of
+# unknown ones (pydantic builds an error for each: 25 MiB of them took 20 s and 2.4 GB).
+MAX_FIELDS = 64
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -38,10 +44,21 @@ def content_length(header: str | None) -> int | None:
     return None
 
 
-def parse_video_request(body: bytes) -> VideoRequest:
-    """Validate a JSON body as a VideoRequest, or raise InvalidRequest for its first problem."""
+async def parse_video_request(body: bytes) -> VideoRequest:
+    """Validate a JSON body as a VideoRequest, or raise InvalidRequest for its first problem; on a
+    worker thread (a body of megabytes takes a while to parse)."""
     if not body.strip():
         raise InvalidRequest("The request body is empty: send a JSON object with at least `prompt`.")
+    return await asyncio.to_thread(_validate_json, body)
+
+
+def _validate_json(body: bytes) -> VideoRequest:
+    try:
+        data = pydantic_core.from_json(body)
+    except ValueError:
+        data = None  # malformed: pydantic says where, below
+    if isinstance(data, dict) and len(data) > MAX_FIELDS:
+        raise InvalidRequest(f"The body has {len(data)} fields, over the limit of {MAX_FIELDS}.")
     try:
         return VideoRequest.model_validate_json(body)
     except ValidationError as exc:
@@ -51,7 +68,9 @@ def parse_video_request(body: bytes) -> VideoRequest:
 async def parse_form_video_request(headers: Headers, body: bytes) -> tuple[VideoRequest, dict[str, str]]:
     """Validate a multipart body as a VideoRequest; also what its OpenAI-style fields asked for."""
     try:
-        form = await MultiPartParser(headers, _once(body), max_files=1, max_fields=64, max_part_size=len(body)).parse()
+        form = await MultiPartParser(
+            headers, _once(body), max_files=1, max_fields=MAX_FIELDS, max_part_size=len(body)
+        ).parse()
     except MultiPartException as exc:
         raise InvalidRequest(f"Malformed multipart body: {exc.message}") from None
     fields: dict[str, str] = {}

@@ -27,6 +27,7 @@ _ERRORS = error_responses(
         401: "Missing or wrong API key",
         409: "The job was cancelled (by a cancel or delete call) before it completed",
         413: "Body or image over the configured size cap",
+        415: "The body is not application/json",
         500: "Generation failed; error.request_id is in the server log",
     }
 )

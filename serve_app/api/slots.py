@@ -56,7 +56,8 @@ class Slots:
 
 
 def stream_slots(args: AppArgs) -> Slots:
-    return Slots(args.max_streams_per_key, args.max_streams, ErrorCode.TOO_MANY_STREAMS, "event streams and long polls")
+    what = "event streams, long polls and downloads"
+    return Slots(args.max_streams_per_key, args.max_streams, ErrorCode.TOO_MANY_STREAMS, what)
 
 
 def submission_slots(args: AppArgs) -> Slots:

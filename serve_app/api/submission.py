@@ -9,39 +9,44 @@ from fastapi import Request
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.api.dependencies import IngressState
-from serve_app.api.errors import InvalidRequest, Refused
+from serve_app.api.errors import InvalidRequest, Refused, UnsupportedMediaType
 from serve_app.api.images import ImageLoader
 from serve_app.api.parsing import parse_form_video_request, parse_video_request, read_body
 from serve_app.api.protocol import VideoRequest
-from serve_app.config import SECRET_ENV, webhook_secret
+from serve_app.config import SECRET_ENV, webhook_secrets
 from serve_app.messages import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, Job, Refusal, Submission, VideoDetails
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+JSON, FORM = "application/json", "multipart/form-data"
 
 
-async def submit_job(request: Request, state: IngressState, owner: str) -> Job:
+async def submit_job(request: Request, state: IngressState, owner: str, media_types: tuple[str, ...] = (JSON,)) -> Job:
     """Read and validate the body, prepare the image, queue the job (honouring Idempotency-Key):
-    one of the key's submissions in flight on this replica, refused past its cap before any work."""
+    one of the key's submissions in flight on this replica, refused past its cap before any work.
+    A body of another type than `media_types` (what the route declares) is a 415, unread."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type not in media_types:
+        raise UnsupportedMediaType(f"Send the body as {' or '.join(media_types)}, with that Content-Type.")
     with state.submissions.holding(owner):
-        return await _submit(request, state, owner)
+        return await _submit(request, state, owner, media_type)
 
 
-async def _submit(request: Request, state: IngressState, owner: str) -> Job:
+async def _submit(request: Request, state: IngressState, owner: str, media_type: str) -> Job:
     # The body is read here, after the auth dependency: an unauthenticated caller gets 401
     # whatever it sent, and nothing is read, parsed or fetched for it.
     body = await read_body(request, int(state.args.max_body_mb * 2**20))
     requested = None
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+    if media_type == FORM:
         video_request, requested = await parse_form_video_request(request.headers, body)
     else:
-        video_request = parse_video_request(body)
+        video_request = await parse_video_request(body)
     _check_fits(video_request, state.args.max_video_pixels)
     idempotency_key = _idempotency_key(request)
     # Refused before any image is fetched or decoded: a refused request leaves no trace.
     if refusal := await state.jobs.admit.remote(owner, idempotency_key, video_request.shape):
         raise Refused(refusal)
     if video_request.webhook_url is not None:
-        if webhook_secret() is None:
+        if not webhook_secrets():
             raise InvalidRequest(
                 f"Webhooks are not enabled on this server (its operator sets {SECRET_ENV}).", param="webhook_url"
             )

@@ -14,7 +14,7 @@ from serve_app.api.downloads import file_response
 from serve_app.api.errors import InvalidRequest, NotFound, ServiceError
 from serve_app.api.protocol import VIDEO_REQUEST_BODY, ErrorResponse, JobDeleted, error_responses
 from serve_app.api.resources import Video, VideoList
-from serve_app.api.submission import follow_job, submit_job
+from serve_app.api.submission import FORM, JSON, follow_job, submit_job
 from serve_app.common.storage import THUMBNAIL, VIDEO
 from serve_app.error_codes import ErrorCode
 from serve_app.messages import Job, JobStatus
@@ -58,12 +58,15 @@ videos_router = APIRouter(prefix="/v1/videos", dependencies=[Depends(require_api
     status_code=202,
     response_model=Video,
     openapi_extra=_CREATE_BODY,
-    responses={409: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body"}},
+    responses={
+        409: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body"},
+        415: {"model": ErrorResponse, "description": "The body is neither application/json nor multipart/form-data"},
+    },
 )
 async def create_video(request: Request, state: State, owner: Owner) -> Video:
     """Queue a video job. The body is `/predict`'s JSON, or the multipart form of the OpenAI SDK.
     Send `Idempotency-Key` to retry safely."""
-    return Video.of(await submit_job(request, state, owner))
+    return Video.of(await submit_job(request, state, owner, (JSON, FORM)))
 
 
 @videos_router.get("", response_model=VideoList)
@@ -97,14 +100,23 @@ async def get_video(video_id: str, state: State, owner: Owner) -> Video:
 async def get_video_content(
     video_id: str, request: Request, state: State, owner: Owner, variant: Literal["video", "thumbnail"] = "video"
 ) -> StreamingResponse:
-    """The MP4 (`Range` requests work), or with `variant=thumbnail` the first frame as a JPEG."""
+    """The MP4 (`Range` requests work), or with `variant=thumbnail` the first frame as a JPEG. One
+    of the key's streams on this replica while it is sent (429 past its cap): a slow reader holds
+    its download, and Serve's proxy what it was sent, so neither may add up without bound."""
     job = await _job(state, owner, video_id)
     if job.status != JobStatus.COMPLETED:
         raise ServiceError(
             f"The job is {job.status}: its video exists once it has completed.", code=ErrorCode.VIDEO_NOT_READY
         )
     name, media_type = _VARIANTS[variant]
-    return await file_response(state.storage, job.id, name, media_type, request.headers.get("range"))
+    give_back = state.streams.take(owner)
+    try:
+        response = await file_response(state.storage, job.id, name, media_type, request.headers.get("range"))
+    except BaseException:
+        give_back()
+        raise
+    response.background = BackgroundTask(give_back)  # once the body is sent, or the client has gone
+    return response
 
 
 @videos_router.get("/{video_id}/events", response_class=StreamingResponse)

@@ -4,6 +4,7 @@ replicas, one per "GPU"; the work itself runs on the CPU. Used by the autoscalin
 capacity simulation and the tests (which deploy their configs with `deploy_config`)."""
 
 import os
+import secrets
 import socket
 import time
 from collections.abc import Iterator
@@ -76,6 +77,7 @@ def serve_on_gpu_cluster(gpu_nodes: int, config: dict, api_key: str) -> Iterator
     from ray.cluster_utils import Cluster
 
     os.environ["WAN_API_KEYS"] = api_key  # inherited by the nodes' processes
+    os.environ.setdefault("WAN_KEY_ID_SECRET", secrets.token_hex(32))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False})
     for _ in range(gpu_nodes):
         cluster.add_node(num_cpus=2, num_gpus=GPUS_PER_GENERATOR)  # one generator replica a node

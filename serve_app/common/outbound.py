@@ -1,12 +1,16 @@
 """Outbound HTTP to addresses that users give us (`image_url`, `webhook_url`), without letting a
 request reach the service's own network: every URL is resolved, every address checked (IPv6
 forms that embed an IPv4 address are checked as that address), and the connection made to the
-checked address itself, so DNS cannot answer differently the second time."""
+checked address itself, so DNS cannot answer differently the second time. A public host is
+reached on the allowed ports only (80 and 443 unless configured); what the operator allow-lists
+is reached on any."""
 
 import asyncio
 import ipaddress
 import logging
 import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import httpx
@@ -20,6 +24,12 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _EMBEDS_IPV4 = tuple(ipaddress.ip_network(net) for net in ("64:ff9b::/96", "::/96", "::ffff:0:0:0/96"))
 # NAT64's local-use prefix (RFC 8215): an operator's own translator, never public.
 _LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
+# Never public, whatever this Python's `ipaddress` says: the IETF protocol assignments (some patch
+# releases call parts of 192.0.0.0/24 global) and Azure's host services address (wireserver).
+_NEVER_PUBLIC = tuple(ipaddress.ip_network(net) for net in ("192.0.0.0/24", "168.63.129.16/32"))
+_INTERNAL = tuple(ipaddress.ip_network(net) for net in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"))
+DEFAULT_PORTS = (80, 443)
+RESOLVE_TIMEOUT_S = 5.0
 
 
 class OutboundRefused(Exception):
@@ -50,13 +60,58 @@ def is_public(address: IpAddress) -> bool:
         if address in _LOCAL_NAT64 or address.is_site_local or address.teredo is not None:
             return False
         address = embedded_ipv4(address) or address
+    if any(address in network for network in _NEVER_PUBLIC):
+        return False
     return address.is_global and not address.is_multicast
 
 
-class OutboundPolicy:
-    """Which addresses user-given URLs may reach: public ones, plus the operator's allow-list."""
+def is_internal(address: IpAddress) -> bool:
+    """A private address of the operator's own network (RFC 1918, unique local), which an
+    allow-listed name may reach: never loopback, link-local (cloud metadata) or the like."""
+    if isinstance(address, ipaddress.IPv6Address):
+        address = embedded_ipv4(address) or address
+    return any(address in network for network in _INTERNAL)
 
-    def __init__(self, allowlist: tuple[str, ...] = ()) -> None:
+
+class _Resolver:
+    """getaddrinfo on threads of its own, a bounded number: a look-up cannot be interrupted, so one
+    that outlives its caller's timeout keeps its thread until the resolver gives up. Those threads
+    are never the default pool's (image decoding, storage), and past `threads` look-ups at once,
+    more are refused."""
+
+    def __init__(self, threads: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wan-dns")
+        self._threads = threads
+        self._busy = 0
+        self._lock = threading.Lock()
+
+    async def addresses(self, host: str, port: int, timeout_s: float) -> list[IpAddress]:
+        with self._lock:
+            if self._busy >= self._threads:
+                raise socket.gaierror(socket.EAI_AGAIN, "every resolver thread is busy")
+            self._busy += 1
+        # Counted until the look-up returns, not until its caller stops waiting.
+        lookup = self._pool.submit(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+        lookup.add_done_callback(self._done)
+        try:
+            infos = await asyncio.wait_for(asyncio.wrap_future(lookup), timeout_s)
+        except TimeoutError:
+            raise socket.gaierror(socket.EAI_AGAIN, "timed out") from None
+        return [ipaddress.ip_address(info[4][0]) for info in infos]
+
+    def _done(self, _) -> None:
+        with self._lock:
+            self._busy -= 1
+
+
+RESOLVER = _Resolver(threads=8)
+
+
+class OutboundPolicy:
+    """Which addresses user-given URLs may reach: public ones on `ports`, plus the operator's
+    allow-list (networks: any address in them; names: their internal addresses) on any port."""
+
+    def __init__(self, allowlist: tuple[str, ...] = (), ports: tuple[int, ...] = DEFAULT_PORTS) -> None:
         networks, hosts = [], set()
         for entry in allowlist:
             try:
@@ -65,6 +120,7 @@ class OutboundPolicy:
                 hosts.add(entry.lower())
         self._allowed_networks = networks
         self._allowed_hosts = hosts
+        self._ports = frozenset(ports)
 
     async def check(self, url: str, param: str) -> tuple[str, IpAddress]:
         """The URL's host (IDNA-encoded) and the address to connect to; OutboundRefused if refused."""
@@ -76,23 +132,26 @@ class OutboundPolicy:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except (UnicodeError, ValueError):
             raise OutboundRefused(param, f"{param} has an invalid host name or port.") from None
+        # One message for every refusal: it says nothing of what a name resolves to, or of a port.
+        refused = OutboundRefused(param, f"{param} points to an address that is not allowed.")
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError):
-            logger.info("%s refused: %s does not resolve", param, host)
-            raise OutboundRefused(param, f"{param} points to an address that is not allowed.") from None
-        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+            addresses = await RESOLVER.addresses(host, port, RESOLVE_TIMEOUT_S)
+        except (socket.gaierror, UnicodeError) as exc:
+            logger.info("%s refused: %s does not resolve (%s)", param, host, exc)
+            raise refused from None
         # All answers must pass: a name that mixes public and private addresses is refused.
         for address in addresses:
-            if not self._allowed(host, address):
-                logger.info("%s refused: %s resolves to %s", param, host, address)
-                raise OutboundRefused(param, f"{param} points to an address that is not allowed.")
+            if not self._allowed(host, address, port):
+                logger.info("%s refused: %s resolves to %s (port %d)", param, host, address, port)
+                raise refused
         return host, addresses[0]
 
-    def _allowed(self, host: str, address: IpAddress) -> bool:
-        if host in self._allowed_hosts or any(address in net for net in self._allowed_networks):
+    def _allowed(self, host: str, address: IpAddress, port: int) -> bool:
+        if any(address in net for net in self._allowed_networks):
             return True
-        return is_public(address)
+        if host in self._allowed_hosts:
+            return is_internal(address) or is_public(address)
+        return is_public(address) and port in self._ports
 
 
 def pinned_request(

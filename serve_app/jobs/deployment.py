@@ -22,7 +22,7 @@ from serve_app.common.metrics import JobMetrics
 from serve_app.common.outbound import OutboundPolicy
 from serve_app.common.storage import REFERENCE, ResultStorage
 from serve_app.common.tasks import spawn
-from serve_app.config import AppArgs, webhook_secret
+from serve_app.config import AppArgs, webhook_secrets
 from serve_app.error_codes import ErrorCode
 from serve_app.jobs.admission import Admission
 from serve_app.jobs.dispatch import Dispatcher
@@ -82,6 +82,7 @@ class Jobs:
             max_per_key=args.max_jobs_per_key,
             max_stored_jobs_per_key=args.max_stored_jobs_per_key,
             max_stored_bytes_per_key=int(args.max_stored_mb_per_key * 2**20),
+            max_stored_bytes=int(args.max_stored_gb * 2**30) if args.max_stored_gb is not None else None,
         )
         # How each generator replica runs the model, as it reported with its latest job here.
         self._generators: dict[str, dict] = {}
@@ -100,8 +101,9 @@ class Jobs:
             spawn(self._every(min(60.0, self._retention_s / 4), self.expire)),
             spawn(self._every(args.jobs_heartbeat_s, self._count)),
         ]
-        if key := webhook_secret():
-            sender = WebhookSender(key, OutboundPolicy(tuple(args.url_allowlist)), args.webhook_timeout_s)
+        if webhook_secrets():
+            outbound = OutboundPolicy(tuple(args.url_allowlist), tuple(args.url_ports))
+            sender = WebhookSender(outbound, args.webhook_timeout_s)
             self._tasks.append(spawn(Outbox(self._store, sender, self._runner, args.webhook_retry_delays_s).run()))
 
     async def __del__(self) -> None:
@@ -152,11 +154,15 @@ class Jobs:
             webhook_url=submission.webhook_url,
         )
         try:
-            await self._store.add(job, new, self._runner)
+            admit = lambda usage: self._admission.judge(usage, request.shape)  # noqa: E731
+            refusal = await self._store.add(job, new, self._runner, admit)
         except DuplicateKey:  # the same Idempotency-Key, submitted at the same moment through another replica
             await asyncio.to_thread(self._storage.delete, job.id)
             earlier = await self._store.find_idempotent(submission.owner, submission.idempotency_key)
             return await self._same_or_conflict(earlier, submission)
+        if refusal is not None:  # another submission took the room since `submit` checked
+            await asyncio.to_thread(self._storage.delete, job.id)
+            return refusal
         logger.info("job %s: queued for key %s", job.id, submission.owner)
         self._metrics.submitted(submission.owner)
         await self._dispatcher.dispatch(job.id, request)

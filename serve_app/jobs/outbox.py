@@ -35,7 +35,7 @@ class Outbox:
 
     async def _send(self, webhook: Webhook) -> None:
         attempt = webhook.attempts + 1
-        reason = await self._sender.attempt(webhook.url, webhook.message_id, webhook.body)
+        reason = await self._sender.attempt(webhook.url, webhook.message_id, webhook.body, webhook.owner)
         if reason is None:
             logger.info("job %s: webhook delivered (attempt %d)", webhook.job_id, attempt)
             await self._store.webhook_done(webhook.id)

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 CHANNEL = "wan_jobs"
 # Any constant: the advisory lock that serialises migrations across replicas.
 MIGRATION_LOCK = 7_302_215_001
+ADMISSION_LOCK = 7_302_215_002  # one admission at a time, across replicas
 RECONNECT_S = 1.0
 
 
@@ -63,6 +64,9 @@ class PostgresStore(SqlStore):
 
     async def _lock_schema(self, tx: Transaction) -> None:
         await tx.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+
+    async def _lock_admission(self, tx: Transaction) -> None:
+        await tx.execute("SELECT pg_advisory_xact_lock(?)", (ADMISSION_LOCK,))
 
     async def _changed(self, tx: Transaction, job_id: str) -> None:
         await tx.execute("SELECT pg_notify(?, ?)", (CHANNEL, job_id))

@@ -2,10 +2,10 @@
 clock, its serial keys and how it tells other replicas that a job changed."""
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
-from serve_app.jobs.store import DuplicateKey, NewJob, Orphan, StoredJob, Webhook
+from serve_app.jobs.store import DuplicateKey, NewJob, Orphan, Refusal, StoredJob, Usage, Webhook
 from serve_app.messages import GenerationRequest, Job, JobStatus
 
 # The statuses a job may still leave, as an SQL list.
@@ -56,6 +56,11 @@ MIGRATIONS = [
         )""",
         "CREATE INDEX webhooks_by_due ON webhooks (due_at)",
     ],
+    [
+        # Each key's webhooks are signed with keys of its own, derived from its id.
+        "ALTER TABLE webhooks ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+        "UPDATE webhooks SET owner = COALESCE((SELECT owner FROM jobs WHERE jobs.id = webhooks.job_id), '')",
+    ],
 ]
 
 
@@ -80,6 +85,9 @@ class SqlStore:
     async def _lock_schema(self, tx: Transaction) -> None:
         """Hold off other replicas' migrations until `tx` ends."""
 
+    async def _lock_admission(self, tx: Transaction) -> None:
+        """Hold off other replicas' admissions until `tx` ends (SQLite's BEGIN IMMEDIATE already does)."""
+
     async def _read(self, sql: str, params: Sequence = ()) -> list[tuple]:
         async with self.transaction() as tx:
             return await tx.execute(sql, params)
@@ -101,9 +109,15 @@ class SqlStore:
 
     # Jobs.
 
-    async def add(self, job: Job, new: NewJob, runner: str) -> None:
+    async def add(
+        self, job: Job, new: NewJob, runner: str, admit: Callable[[Usage], Refusal | None] | None = None
+    ) -> Refusal | None:
         try:
             async with self.transaction() as tx:
+                if admit is not None:
+                    await self._lock_admission(tx)
+                    if (refusal := admit(await self._usage(tx, new.owner))) is not None:
+                        return refusal
                 await tx.execute(
                     "INSERT INTO jobs (id, owner, status, idempotency_key, request_hash, webhook_url, runner, request,"
                     " job) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -113,8 +127,11 @@ class SqlStore:
                 await self._changed(tx, job.id)
         except self.unique_violation as exc:
             raise DuplicateKey(new.idempotency_key) from exc
+        return None
 
     async def get(self, job_id: str) -> StoredJob | None:
+        if _NUL in job_id:
+            return None
         rows = await self._read(f"SELECT {_STORED} FROM jobs WHERE id = ?", (job_id,))
         return _stored(rows[0]) if rows else None
 
@@ -138,15 +155,30 @@ class SqlStore:
         ((count,),) = await self._read(query, (status, owner) if owner else (status,))
         return count
 
-    async def usage(self, owner: str) -> tuple[int, int]:
-        ((jobs, stored),) = await self._read(
-            "SELECT COUNT(*), COALESCE(SUM(stored_bytes), 0) FROM jobs WHERE owner = ?", (owner,)
+    async def usage(self, owner: str) -> Usage:
+        async with self.transaction() as tx:
+            return await self._usage(tx, owner)
+
+    async def _usage(self, tx: Transaction, owner: str) -> Usage:
+        (((queued, running),), ((active, jobs, stored),), ((total,),)) = (
+            await tx.execute(
+                "SELECT COALESCE(SUM(CASE WHEN status = 'queued' THEN 1 ELSE 0 END), 0), COALESCE(SUM(CASE WHEN "
+                f"status = 'in_progress' THEN 1 ELSE 0 END), 0) FROM jobs WHERE status IN {ACTIVE}"
+            ),
+            await tx.execute(
+                f"SELECT COALESCE(SUM(CASE WHEN status IN {ACTIVE} THEN 1 ELSE 0 END), 0), COUNT(*), "
+                "COALESCE(SUM(stored_bytes), 0) FROM jobs WHERE owner = ?",
+                (owner,),
+            ),
+            await tx.execute("SELECT COALESCE(SUM(stored_bytes), 0) FROM jobs"),
         )
-        return jobs, int(stored)
+        return Usage(int(queued), int(running), int(active), int(jobs), int(stored), int(total))
 
     async def page(self, owner: str, after: str | None, limit: int, newest_first: bool) -> list[Job] | None:
         cursor = 2**63 - 1 if newest_first else 0
         if after is not None:
+            if _NUL in after:
+                return None
             rows = await self._read("SELECT seq FROM jobs WHERE id = ? AND owner = ?", (after, owner))
             if not rows:
                 return None
@@ -179,17 +211,18 @@ class SqlStore:
         async with self.transaction() as tx:
             rows = await tx.execute(
                 "UPDATE jobs SET status = ?, expires_at = ?, job = ?, stored_bytes = stored_bytes + ? "
-                f"WHERE id = ? AND status IN {ACTIVE} RETURNING webhook_url",
+                f"WHERE id = ? AND status IN {ACTIVE} RETURNING webhook_url, owner",
                 (job.status, job.expires_at, _json(job), stored_bytes, job.id),
             )
             if not rows:
                 return False
-            ((url,),) = rows
+            ((url, owner),) = rows
             if webhook is not None and url is not None:
                 message_id, body = webhook
                 await tx.execute(
-                    f"INSERT INTO webhooks (job_id, url, message_id, body, due_at) VALUES (?, ?, ?, ?, {self.now})",
-                    (job.id, url, message_id, body.decode()),
+                    "INSERT INTO webhooks (job_id, url, message_id, body, owner, due_at) "
+                    f"VALUES (?, ?, ?, ?, ?, {self.now})",
+                    (job.id, url, message_id, body.decode(), owner),
                 )
             await self._changed(tx, job.id)
             return True
@@ -254,11 +287,11 @@ class SqlStore:
             rows = await tx.execute(
                 f"UPDATE webhooks SET leased_by = ?, lease_until = {self.now} + ? WHERE id IN (SELECT id FROM webhooks "
                 f"WHERE due_at <= {self.now} AND (lease_until IS NULL OR lease_until < {self.now}) ORDER BY id LIMIT ? "
-                f"{self.skip_locked}) RETURNING id, job_id, url, message_id, body, attempts",
+                f"{self.skip_locked}) RETURNING id, job_id, url, message_id, body, attempts, owner",
                 (runner, lease_s, limit),
             )
-        return [Webhook(id, job_id, url, message_id, body.encode(), attempts) for id, job_id, url, message_id, body,
-                attempts in sorted(rows)]  # fmt: skip
+        return [Webhook(id, job_id, url, message_id, body.encode(), attempts, owner) for id, job_id, url, message_id,
+                body, attempts, owner in sorted(rows)]  # fmt: skip
 
     async def webhook_done(self, webhook_id: int) -> None:
         async with self.transaction() as tx:
@@ -276,6 +309,9 @@ class SqlStore:
         raise NotImplementedError
 
 
+# No id holds one, and PostgreSQL's text cannot: a caller's id with a NUL is no job, on either
+# database (PostgreSQL would refuse the query).
+_NUL = "\x00"
 _STORED = "job, owner, runner, webhook_url, request_hash"
 
 

@@ -7,11 +7,13 @@ dispatched it) and its status, so that two replicas never both run, start or fin
 Every method is a coroutine that keeps the event loop free.
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from serve_app.messages import GenerationRequest, Job, JobStatus
+
+Refusal = TypeVar("Refusal")
 
 # Yielded by `changes` when any job may have changed unseen (a lost connection, re-established).
 EVERY_JOB = "*"
@@ -45,6 +47,18 @@ class NewJob:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """What admission weighs for a submission of `owner`, read in one transaction."""
+
+    queued: int
+    running: int
+    owner_active: int  # the owner's jobs queued or running
+    owner_jobs: int  # the owner's jobs stored, whatever their status
+    owner_bytes: int  # their stored bytes
+    total_bytes: int  # every key's stored bytes
+
+
+@dataclass(frozen=True)
 class Orphan:
     """A job adopted from a Jobs replica that stopped beating (or that released it)."""
 
@@ -62,6 +76,7 @@ class Webhook:
     message_id: str
     body: bytes
     attempts: int
+    owner: str  # the job's API key id: its keys sign the event
 
 
 class JobStore(Protocol):
@@ -72,9 +87,13 @@ class JobStore(Protocol):
 
     # Jobs.
 
-    async def add(self, job: Job, new: NewJob, runner: str) -> None:
+    async def add(
+        self, job: Job, new: NewJob, runner: str, admit: Callable[[Usage], Refusal | None] | None = None
+    ) -> Refusal | None:
         """Record a queued job, claimed by `runner` (the replica that will dispatch it); DuplicateKey
-        if the owner has another job with its idempotency key."""
+        if the owner has another job with its idempotency key. With `admit`, the usage is read and
+        judged in the transaction that inserts, one admission at a time across replicas: what
+        `admit` answers other than None refuses the job (returned, nothing stored)."""
 
     async def get(self, job_id: str) -> StoredJob | None: ...
 
@@ -87,8 +106,8 @@ class JobStore(Protocol):
 
     async def count(self, status: JobStatus, owner: str | None = None) -> int: ...
 
-    async def usage(self, owner: str) -> tuple[int, int]:
-        """The owner's stored jobs and their stored bytes."""
+    async def usage(self, owner: str) -> Usage:
+        """What admission weighs, now (the check before any work; `add` judges again)."""
 
     async def page(self, owner: str, after: str | None, limit: int, newest_first: bool) -> list[Job] | None:
         """Up to `limit` of the owner's jobs after job `after` in the order asked for (None: `after`

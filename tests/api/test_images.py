@@ -1,9 +1,26 @@
 """Reference images: refused URLs (non-public addresses, after DNS and on every redirect,
-other schemes, not images, too large, too slow), on the test service (decoding: unit/api/test_images.py)."""
+other schemes, not images, too large, too slow, compressed), decoding bounded; the cover crop is
+in unit/api/test_images.py."""
 
+import asyncio
+import base64
+import time
+import tracemalloc
 
 import pytest
+from PIL import ImageFile
+from support.image_server import ACCEPT_ENCODINGS
+from support.media import png_bytes
 from support.service import SMALL
+
+from serve_app.api import images
+from serve_app.api.errors import InvalidRequest
+from serve_app.api.images import UNREACHABLE, ImageLoader, ImagePolicy, prepare_image
+from serve_app.api.protocol import VideoRequest
+from serve_app.benchmark.local_cluster import free_port
+from serve_app.common.outbound import OutboundPolicy
+
+POLICY = ImagePolicy(max_bytes=2**20, max_pixels=4_000_000, fetch_timeout_s=3)
 
 
 def post_url(client, url):
@@ -57,7 +74,7 @@ def test_a_url_that_is_not_an_image_is_a_400(client, image_server):
 def test_a_missing_image_is_a_400(client, image_server):
     response = post_url(client, f"{image_server}/missing.png")
     assert response.status_code == 400
-    assert "HTTP 404" in response.json()["error"]["message"]
+    assert response.json()["error"]["message"] == UNREACHABLE
 
 
 def test_an_image_over_the_cap_is_a_413(client, image_server):
@@ -69,7 +86,8 @@ def test_an_image_over_the_cap_is_a_413(client, image_server):
 def test_a_slow_image_server_is_cut_off(client, image_server):
     response = post_url(client, f"{image_server}/slow.png")
     assert response.status_code == 400
-    assert "longer than 3 s" in response.json()["error"]["message"]
+    # The same message as a missing image or a closed port: it tells no port scan anything.
+    assert response.json()["error"]["message"] == UNREACHABLE
 
 
 
@@ -78,3 +96,65 @@ def test_a_slow_image_server_is_cut_off(client, image_server):
 
 
 
+
+
+def test_a_compressed_answer_is_refused_unread_and_identity_is_asked_for(image_server):
+    # A few hundred bytes of `Content-Encoding: gzip, gzip` that inflate to 64 MiB: httpx used to
+    # inflate whole chunks before the byte cap was checked (1.8 KB became 1 GiB in the Ingress).
+    loader = ImageLoader(POLICY, OutboundPolicy(("127.0.0.1",)))
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidRequest, match="Content-Encoding"):
+            asyncio.run(loader.fetch(f"{image_server}/bomb.png"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20
+    assert ACCEPT_ENCODINGS[-1] == "identity"
+
+
+def test_a_compression_bomb_is_a_400_from_the_service(client, image_server):
+    response = post_url(client, f"{image_server}/bomb.png")
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "image_url"
+
+
+def test_a_closed_port_and_a_missing_image_read_the_same(image_server):
+    # The message said "ConnectError" for a closed port and "HTTP 404" for an open one: a port scan.
+    loader = ImageLoader(POLICY, OutboundPolicy(("127.0.0.1",)))
+    for url in (f"http://127.0.0.1:{free_port()}/cat.png", f"{image_server}/missing.png"):
+        with pytest.raises(InvalidRequest) as refused:
+            asyncio.run(loader.fetch(url))
+        assert refused.value.message == UNREACHABLE
+
+
+def test_a_truncated_image_is_refused_before_any_pixel_is_decoded(monkeypatch):
+    # A truncated PNG of 4 MP (its header intact) was decoded for seconds before it was refused.
+    data = png_bytes((2000, 2000))
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self) or None)
+    with pytest.raises(InvalidRequest, match="could not be decoded"):
+        prepare_image(data[: len(data) // 2], 64, 64, POLICY, "image_base64")
+    assert decoded == []
+
+
+def test_images_are_decoded_a_few_at_a_time_whatever_the_submissions_in_flight(monkeypatch):
+    running, most = 0, 0
+
+    def prepare(*args):
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        time.sleep(0.05)
+        running -= 1
+        return b"png"
+
+    monkeypatch.setattr(images, "prepare_image", prepare)
+    loader = ImageLoader(POLICY, OutboundPolicy())
+    request = VideoRequest.model_validate({"prompt": "a", "image_base64": base64.b64encode(b"x").decode(), **SMALL})
+
+    async def scenario():
+        return await asyncio.gather(*(loader.load(request) for _ in range(8)))
+
+    assert asyncio.run(scenario()) == [b"png"] * 8
+    assert most == images.DECODE_THREADS == 2

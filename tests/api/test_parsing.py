@@ -107,3 +107,18 @@ def test_a_video_over_the_pixel_cap_is_refused_before_any_work(client):
         "512x512 with 49 frames is 12,845,056 pixels, over this server's limit of 7,929,856 (what its GPUs can "
         "hold). Use a smaller size or fewer frames."
     )
+
+
+def test_a_flood_of_unknown_fields_is_a_400_naming_the_cap(client):
+    body = {"prompt": "a", **{f"f{i}": 1 for i in range(100_000)}}  # 1.5 MB, under the test cap of 2 MB
+    response = client.post("/predict", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"] == "The body has 100001 fields, over the limit of 64."
+
+
+def test_json_sent_as_text_plain_is_a_415_and_starts_nothing(client):
+    before = client.get("/v1/videos", params={"limit": 100}).json()["data"]
+    response = client.post("/v1/videos", content=json.dumps({"prompt": "a"}), headers={"Content-Type": "text/plain"})
+    assert response.status_code == 415, response.text
+    assert response.json()["error"]["code"] == "unsupported_media_type"
+    assert client.get("/v1/videos", params={"limit": 100}).json()["data"] == before

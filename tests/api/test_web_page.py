@@ -56,7 +56,7 @@ def fill(page: Page, key: str = API_KEYS[0], prompt: str = "A red fox running th
 
 
 def video_metadata(page: Page) -> dict:
-    page.wait_for_function("document.getElementById('video').readyState >= 1", timeout=60_000)
+    page.wait_for_function("() => document.getElementById('video').readyState >= 1", timeout=60_000)
     return page.evaluate(
         "() => { const v = document.getElementById('video');"
         " return {duration: v.duration, width: v.videoWidth, height: v.videoHeight}; }"
@@ -126,7 +126,7 @@ def test_an_image_over_the_size_cap_shows_the_413_message(page):
     page.locator("#image-file").set_input_files(
         files=[{"name": "big.png", "mimeType": "image/png", "buffer": big.getvalue()}]
     )
-    page.wait_for_function("document.getElementById('crop').width > 0")
+    page.wait_for_function("() => document.getElementById('crop').width > 0")
     page.get_by_role("button", name="Generate").click()
     expect(page.get_by_role("alert")).to_have_text(re.compile("^Too large: The request body is over the .* byte limit"))
 
@@ -137,7 +137,7 @@ def test_text_and_image_with_an_uploaded_file(page):
     page.locator("#image-file").set_input_files(
         files=[{"name": "red.png", "mimeType": "image/png", "buffer": png_bytes((160, 90))}]
     )
-    page.wait_for_function("document.getElementById('crop').width > 0")
+    page.wait_for_function("() => document.getElementById('crop').width > 0")
     page.screenshot(path=SHOTS / "6-image.png", full_page=True)
     page.get_by_role("button", name="Generate").click()
     expect(page.locator("#status")).to_have_text(re.compile("^Done:"), timeout=60_000)
@@ -214,8 +214,24 @@ def test_cors_allows_only_the_configured_origins(service):
 def test_the_docs_javascript_example_plays_a_video(page, service):
     clients = (ROOT / "docs" / "clients.md").read_text()
     html = clients.split("## JavaScript in the browser")[1].split("```html")[1].split("```")[0]
-    # The docs' snippet as the whole document, on the service's origin (as the page at / is).
-    page.set_content(html.replace('"http://127.0.0.1:8000"', f'"{service}"'))
+    # The docs' snippet as the whole document of a page on the service's origin (as the page at / is,
+    # but without that page's CSP, which allows its own script only).
+    snippet = html.replace('"http://127.0.0.1:8000"', f'"{service}"')
+    page.route(f"{service}/example.html", lambda route: route.fulfill(body=snippet, content_type="text/html"))
+    page.goto(f"{service}/example.html")
     details = page.evaluate("(key) => generateVideo('a paper plane', key)", API_KEYS[0])
     assert details["num_frames"] == 25
     assert video_metadata(page)["width"] == 256
+
+
+def test_the_page_and_the_docs_run_under_their_csp_with_nothing_from_elsewhere(page, service):
+    # /docs loaded Swagger UI from a CDN: a blank page on an offline cluster.
+    violations, elsewhere = [], []
+    page.on("console", lambda message: "Content Security Policy" in message.text and violations.append(message.text))
+    page.on("request", lambda request: request.url.startswith(service) or elsewhere.append(request.url))
+    page.goto(f"{service}/docs")
+    page.locator(".swagger-ui .info .title").wait_for(timeout=30_000)
+    assert "Wan2.2" in page.locator(".swagger-ui .info .title").inner_text()
+    page.goto(service)
+    page.get_by_label("API key").wait_for()
+    assert violations == [] and elsewhere == []

@@ -5,7 +5,9 @@ import re
 import time
 
 import httpx
-from support.service import API_KEYS, SMALL, submit, wait_for
+from support.service import API_KEYS, KEY_ID_SECRET, SMALL, submit, wait_for
+
+from serve_app.api.auth import ApiKeys
 
 
 def scrape_until(port: int, pattern: str, timeout: float = 60) -> str:
@@ -22,7 +24,7 @@ def scrape_until(port: int, pattern: str, timeout: float = 60) -> str:
 def test_jobs_requests_stages_and_usage_per_key_are_exported(client, metrics_port):
     job = wait_for(client, submit(client, **SMALL)["id"])
     assert job["status"] == "completed"
-    key_id = hashlib.sha256(API_KEYS[0].encode()).hexdigest()[:16]
+    key_id = ApiKeys(API_KEYS, KEY_ID_SECRET.encode()).identify(API_KEYS[0])
 
     text = scrape_until(metrics_port, rf'^ray_wan_key_video_seconds_total{{.*key="{key_id}".*}} [1-9]')
     assert re.search(r'^ray_wan_http_requests_total{.*route="/v1/videos".*status="202".*} [1-9]', text, re.M)
@@ -36,3 +38,4 @@ def test_jobs_requests_stages_and_usage_per_key_are_exported(client, metrics_por
     assert re.search(r'^ray_wan_jobs_finished_total{.*status="completed".*} [1-9]', text, re.M)
     # Keys are never exported, only their ids.
     assert API_KEYS[0] not in text and API_KEYS[1] not in text
+    assert hashlib.sha256(API_KEYS[0].encode()).hexdigest()[:16] not in text  # nor a plain digest of one

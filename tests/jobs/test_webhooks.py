@@ -10,12 +10,14 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
-from support.service import SMALL, WEBHOOK_SECRET, submit, wait_for
+from support.service import API_KEYS, SMALL, WEBHOOK_SECRET, submit, wait_for
 
 from serve_app.common.outbound import OutboundPolicy
-from serve_app.jobs.webhooks import WebhookSender
+from serve_app.config import webhook_keys
+from serve_app.jobs.webhooks import WebhookSender, sign
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -43,7 +45,7 @@ def receiver() -> Iterator[tuple[str, queue.Queue]]:
     server.shutdown()
 
 
-def test_a_signed_webhook_is_delivered_and_retried(client, receiver):
+def test_a_signed_webhook_is_delivered_and_retried(client, service, receiver):
     url, received = receiver
     _Receiver.failures_left = 1
     job = submit(client, webhook_url=url, **SMALL)
@@ -52,14 +54,20 @@ def test_a_signed_webhook_is_delivered_and_retried(client, receiver):
     first_headers, first_body = received.get(timeout=10)
     headers, body = received.get(timeout=10)  # the retry after the 500
     assert headers["webhook-id"] == first_headers["webhook-id"] and body == first_body
-    # The Standard Webhooks reference library accepts the signature...
-    event = Webhook(WEBHOOK_SECRET).verify(body, {k.lower(): v for k, v in headers.items()})
+    # The Standard Webhooks reference library accepts the signature with the key's own secret...
+    (secret,) = client.get("/v1/webhooks/secret").json()["secrets"]
+    event = Webhook(secret).verify(body, {k.lower(): v for k, v in headers.items()})
     assert event["type"] == "video.completed"
     assert event["data"]["id"] == job["id"] and event["data"]["status"] == "completed"
     # ...and refuses it for a body that was changed on the way.
     tampered = json.dumps({**event, "type": "video.failed"}).encode()
     with pytest.raises(Exception, match="signature"):
-        Webhook(WEBHOOK_SECRET).verify(tampered, {k.lower(): v for k, v in headers.items()})
+        Webhook(secret).verify(tampered, {k.lower(): v for k, v in headers.items()})
+    # ...and the server's secret, or another key's, is not what signs it.
+    other = httpx.get(f"{service}/v1/webhooks/secret", headers={"Authorization": f"Bearer {API_KEYS[1]}"})
+    for wrong in (WEBHOOK_SECRET, *other.json()["secrets"]):
+        with pytest.raises(Exception, match="signature"):
+            Webhook(wrong).verify(body, {k.lower(): v for k, v in headers.items()})
     assert "webhook_url" not in job["details"]
 
 
@@ -114,10 +122,10 @@ async def _trickling_answer(reader: asyncio.StreamReader, writer: asyncio.Stream
 def _attempt(handler) -> tuple[str | None, float]:
     async def run() -> tuple[str | None, float]:
         server, url = await _serve(handler)
-        sender = WebhookSender(b"k" * 32, OutboundPolicy(("127.0.0.1",)), timeout_s=2)
+        sender = WebhookSender(OutboundPolicy(("127.0.0.1",)), timeout_s=2)
         started = time.monotonic()
         async with server:
-            outcome = await sender.attempt(url, "msg_1", b"{}")
+            outcome = await sender.attempt(url, "msg_1", b"{}", "key-id")
             return outcome, time.monotonic() - started
 
     return asyncio.run(run())
@@ -131,3 +139,30 @@ def test_a_receiver_answering_an_endless_body_counts_as_delivered_without_it_bei
 def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_deadline():
     outcome, seconds = _attempt(_trickling_answer)
     assert outcome == "TimeoutError" and 2 <= seconds < 4
+
+
+def _verify(secret: str, signature: str) -> dict:
+    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(int(time.time())), "webhook-signature": signature}
+    return Webhook(secret).verify(b'{"type": "video.completed"}', headers)
+
+
+def test_each_key_has_its_own_signing_key_and_a_rotation_signs_with_both(monkeypatch):
+    # One secret signed every key's events: a tenant given it could forge events for any other.
+    old, new = "whsec_" + "b2xk" * 8, "whsec_" + "bmV3" * 8
+    monkeypatch.setenv("WAN_WEBHOOK_SECRET", old)
+    (alice,), (bob,) = webhook_keys("alice"), webhook_keys("bob")
+    assert alice != bob and old not in (alice, bob)
+    now = int(time.time())
+    signature = sign(webhook_keys("alice"), "msg_1", now, b'{"type": "video.completed"}')
+    assert _verify(alice, signature)["type"] == "video.completed"
+    for wrong in (bob, old):
+        with pytest.raises(Exception, match="signature"):
+            _verify(wrong, signature)
+    # A rotation: the new secret first, the old kept until receivers have moved. Every event
+    # carries a signature of each, so a receiver verifies with either key.
+    monkeypatch.setenv("WAN_WEBHOOK_SECRET", f"{new} {old}")
+    rotated = webhook_keys("alice")
+    assert rotated[1] == alice and len(rotated) == 2
+    signature = sign(rotated, "msg_1", now, b'{"type": "video.completed"}')
+    assert len(signature.split()) == 2
+    assert all(_verify(key, signature)["type"] == "video.completed" for key in rotated)

@@ -13,9 +13,10 @@ from serve_app.common.outbound import OutboundPolicy
 from serve_app.common.storage import ResultStorage
 from serve_app.config import AppArgs
 from serve_app.messages import Job, JobPage, JobStatus, Submission
+from support.service import KEY_ID_SECRET
 
 KEY = "k"
-KEY_ID = ApiKeys([KEY]).identify(KEY)  # what the routes know the caller by
+KEY_ID = ApiKeys([KEY], KEY_ID_SECRET.encode()).identify(KEY)  # what the routes know the caller by
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
@@ -83,4 +84,4 @@ def api(tmp_path: Path, jobs=None, running_generators=one_generator, **args) -> 
         streams=stream_slots(settings),
         submissions=submission_slots(settings),
     )
-    return create_api(state, ApiKeys([KEY])), jobs
+    return create_api(state, ApiKeys([KEY], KEY_ID_SECRET.encode())), jobs

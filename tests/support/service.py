@@ -10,6 +10,7 @@ from serve_app.messages import JobStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEYS = ("test-key-one", "test-key-two")
+KEY_ID_SECRET = "test key id secret"  # WAN_KEY_ID_SECRET
 # Small caps so that the over-the-limit tests stay small too.
 TEST_ARGS = {
     "max_body_mb": 2,

@@ -4,13 +4,20 @@ of the parsers and of the whole API (Hypothesis, Schemathesis): a 4xx in our err
 500. The Ingress's app runs in-process (`support.api`), without Ray."""
 
 import asyncio
+import base64
+import hashlib
 import math
+import re
+import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 import schemathesis
+import uvicorn
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,10 +27,14 @@ from support.media import png_bytes
 
 from serve_app.api.downloads import parse_range
 from serve_app.api.errors import ServiceError
+from serve_app.api.headers import page_csp
 from serve_app.api.images import decode_base64
 from serve_app.api.openai_form import frames_for, map_form, nearest_size
+from serve_app.api.page import PAGE
 from serve_app.api.parsing import content_length
+from serve_app.benchmark.local_cluster import free_port
 from serve_app.common.storage import VIDEO, ResultStorage
+from serve_app.config import webhook_keys
 from serve_app.messages import JobStatus
 
 
@@ -70,6 +81,38 @@ def test_a_form_field_name_is_bounded_and_never_echoed_whole(served):
     client, _ = served
     error = assert_error(form(client, **{"x" * 100_000: "1"}), 400)
     assert len(error["message"]) < 200
+
+
+def test_a_json_body_of_more_fields_than_the_cap_is_a_400_before_validation(served):
+    # 150,000 unknown fields: pydantic built an error for each, on the event loop.
+    client, jobs = served
+    body = {"prompt": "a fox", **{f"f{i}": 1 for i in range(150_000)}}
+    error = assert_error(client.post("/v1/videos", json=body, headers=AUTH), 400)
+    assert error["message"] == "The body has 150001 fields, over the limit of 64."
+    assert jobs.submitted == []
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/v1/videos", {"Content-Type": "text/plain"}),  # started a generation at the default size
+        ("/v1/videos", {}),
+        ("/v1/videos", {"Content-Type": "application/x-www-form-urlencoded"}),  # curl -d without -H
+        ("/predict", {"Content-Type": "multipart/form-data; boundary=x"}),  # /predict takes JSON only
+        ("/predict", {"Content-Type": "application/jsonp"}),
+    ],
+)
+def test_a_body_of_a_type_the_route_does_not_declare_is_a_415_with_nothing_started(served, path, headers):
+    client, jobs = served
+    response = client.post(path, content=b'{"prompt": "a fox"}', headers={**AUTH, **headers})
+    assert assert_error(response, 415)["code"] == "unsupported_media_type"
+    assert jobs.admit.calls == [] and jobs.submitted == []
+
+
+def test_json_with_a_charset_is_json(served):
+    client, _ = served
+    headers = {**AUTH, "Content-Type": "Application/JSON; charset=utf-8"}
+    assert client.post("/v1/videos", content=b'{"prompt": "a fox"}', headers=headers).status_code == 202
 
 
 def test_details_requested_holds_the_parsed_and_normalised_values(served):
@@ -266,3 +309,103 @@ def test_the_api_never_answers_a_500_to_any_request_its_description_allows_or_re
     if case.media_type == "multipart/form-data":
         excluded.append(negative_data_rejection)
     case.validate_response(response, excluded_checks=excluded)
+
+
+def test_a_key_gets_its_own_webhook_secrets_and_none_when_webhooks_are_off(served, monkeypatch):
+    client, _ = served
+    monkeypatch.setenv("WAN_WEBHOOK_SECRET", "first second")
+    response = client.get("/v1/webhooks/secret", headers=AUTH)
+    assert response.status_code == 200
+    assert response.json() == {"object": "webhook_secret", "secrets": webhook_keys(KEY_ID)}
+    assert assert_error(client.get("/v1/webhooks/secret"), 401)
+    monkeypatch.delenv("WAN_WEBHOOK_SECRET")
+    assert assert_error(client.get("/v1/webhooks/secret", headers=AUTH), 404)["code"] == "not_found"
+
+
+def test_a_download_holds_one_of_the_keys_streams_until_its_body_is_sent(tmp_path):
+    # /content took no slot: slow readers of whole videos added up without bound.
+    app, jobs = api(tmp_path, max_streams_per_key=2)
+    client = TestClient(app, raise_server_exceptions=False)
+    client.post("/v1/videos", json={"prompt": "a fox"}, headers=AUTH)
+    ResultStorage(str(tmp_path / "results")).write("video_x", {VIDEO: b"0123456789" * 100_000})
+    jobs._job = jobs._job.model_copy(update={"status": "completed"})
+    streams = app.state.ingress.streams
+    held = [streams.take(KEY_ID), streams.take(KEY_ID)]
+    refused = client.get("/v1/videos/video_x/content", headers=AUTH)
+    assert assert_error(refused, 429)["code"] == "too_many_streams" and refused.headers["Retry-After"] == "5"
+    held.pop()()
+    for _ in range(3):  # each download gives its slot back once sent
+        response = client.get("/v1/videos/video_x/content", headers=AUTH)
+        assert response.status_code == 200 and len(response.content) == 1_000_000
+    assert streams.take(KEY_ID)
+
+
+def test_a_slow_reader_slows_the_reads_of_its_download(tmp_path):
+    # Served by uvicorn (Serve's HTTP server) on loopback: a client that reads nothing leaves the
+    # file mostly unread, rather than the whole video read into memory for it.
+    app, jobs = api(tmp_path)
+    TestClient(app).post("/v1/videos", json={"prompt": "a fox"}, headers=AUTH)
+    storage = app.state.ingress.storage
+    storage.write("video_x", {VIDEO: bytes(64 * 2**20)})
+    jobs._job = jobs._job.model_copy(update={"status": "completed"})
+    reads = []
+    opened = storage.open
+
+    def counting_open(job_id, name):
+        file = opened(job_id, name)
+        read = file.read
+        file.read = lambda size: reads.append(size) or read(size)
+        return file
+
+    storage.open = counting_open
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.01)
+        with socket.create_connection(("127.0.0.1", port)) as connection:
+            connection.sendall(b"GET /v1/videos/video_x/content HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n\r\n")
+            assert connection.recv(100).startswith(b"HTTP/1.1 200")
+            time.sleep(0.5)  # long enough for an unpaced server to read all 64 MiB
+            assert 0 < sum(reads) < 32 * 2**20
+    finally:
+        server.should_exit = True
+        thread.join(5)
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/v1/videos", "/no-such-route", "/", "/docs"])
+def test_every_answer_carries_a_csp_nosniff_and_no_referrer(served, path):
+    response = served[0].get(path, headers=AUTH)
+    csp = response.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert "Strict-Transport-Security" not in response.headers  # plain HTTP: HSTS means nothing here
+
+
+def test_hsts_once_the_proxy_says_the_request_came_over_tls(served):
+    response = served[0].get("/healthz", headers={"X-Forwarded-Proto": "https"})
+    assert response.headers["Strict-Transport-Security"].startswith("max-age=31536000")
+
+
+def test_the_page_runs_only_its_own_inline_code_by_hash():
+    csp = page_csp(PAGE)
+    script = re.search(r"<script>(.*?)</script>", PAGE, re.DOTALL).group(1)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in csp and "unsafe" not in csp
+    assert " style=" not in PAGE and " onclick=" not in PAGE  # inline attributes the CSP would block
+
+
+def test_the_docs_load_swagger_ui_from_the_service_not_a_cdn(served):
+    client, _ = served
+    html = client.get("/docs").text
+    assert "cdn" not in html and "https://" not in html
+    for asset, media_type in [("swagger-ui-bundle.js", "text/javascript"), ("swagger-ui.css", "text/css")]:
+        assert f"/docs/assets/{asset}" in html
+        response = client.get(f"/docs/assets/{asset}")
+        assert response.status_code == 200 and response.headers["content-type"].startswith(media_type)
+        assert len(response.content) > 10_000
+    assert assert_error(client.get("/docs/assets/..%2Fcore.py"), 404)
+    assert client.get("/redoc").status_code == 404  # ReDoc would load from a CDN

@@ -3,10 +3,13 @@
 import asyncio
 import ipaddress
 import socket
+import threading
+import time
 
 import httpx
 import pytest
 
+from serve_app.common import outbound
 from serve_app.common.outbound import OutboundPolicy, OutboundRefused, is_public, pinned_request
 
 
@@ -37,6 +40,10 @@ from serve_app.common.outbound import OutboundPolicy, OutboundRefused, is_public
         ("::a9fe:a9fe", False),  # IPv4-compatible
         ("::ffff:0:a9fe:a9fe", False),  # SIIT IPv4-translated
         ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),  # Teredo
+        ("192.0.0.1", False),  # IETF protocol assignments: global on some Python patch releases
+        ("192.0.0.9", False),
+        ("::ffff:192.0.0.10", False),
+        ("168.63.129.16", False),  # Azure's wireserver
     ],
 )
 def test_an_address_is_public_only_if_what_it_carries_is(address, public):
@@ -49,14 +56,14 @@ def resolve(monkeypatch):
     and no test may reach a real DNS server."""
     table: dict[str, list[str]] = {}
 
-    async def getaddrinfo(self, host, port, **kwargs):
+    def getaddrinfo(host, port, *args):
         if host not in table:
             raise socket.gaierror(socket.EAI_NONAME, "unknown")
         return [
             (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in table[host]
         ]
 
-    monkeypatch.setattr(asyncio.BaseEventLoop, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     return table
 
 
@@ -96,9 +103,61 @@ def test_the_allow_list_admits_its_networks_and_names_only(resolve):
         check(policy, "http://10.2.0.1/")
 
 
+def test_a_public_host_is_reached_on_80_and_443_only_and_the_refusal_says_the_same(resolve):
+    resolve["example.com"] = ["93.184.216.34"]
+    policy = OutboundPolicy()
+    assert check(policy, "https://example.com/")[0] == check(policy, "http://example.com:80/")[0] == "example.com"
+    messages = set()
+    for url in ("http://example.com:22/", "https://example.com:6379/", "http://10.0.0.1/", "http://nowhere.example/"):
+        with pytest.raises(OutboundRefused) as refused:
+            check(policy, url)
+        messages.add(refused.value.message)
+    assert messages == {"webhook_url points to an address that is not allowed."}
+    assert check(OutboundPolicy(ports=(8443,)), "https://example.com:8443/")[0] == "example.com"
+
+
+def test_an_allow_listed_network_is_reached_on_any_port(resolve):
+    resolve["10.1.2.3"] = ["10.1.2.3"]
+    assert check(OutboundPolicy(("10.1.0.0/16",)), "http://10.1.2.3:9000/")[1] == ipaddress.ip_address("10.1.2.3")
+
+
+@pytest.mark.parametrize("address", ["169.254.169.254", "127.0.0.1", "::1", "fe80::1", "168.63.129.16", "0.0.0.0"])
+def test_an_allow_listed_name_still_never_reaches_loopback_or_metadata(resolve, address):
+    # The name was trusted whatever it resolved to: its DNS, changed, could point it at metadata.
+    resolve["images.internal"] = [address]
+    with pytest.raises(OutboundRefused):
+        check(OutboundPolicy(("images.internal",)), "http://images.internal/cat.png")
+
+
+def test_look_ups_that_hang_hold_their_own_threads_only_and_past_them_are_refused(monkeypatch):
+    # getaddrinfo cannot be interrupted: a resolver that never answers kept a default-pool thread
+    # (the pool that decodes images) for each look-up, past its caller's timeout.
+    release = threading.Event()
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args: release.wait(10) and [])
+    monkeypatch.setattr(outbound, "RESOLVE_TIMEOUT_S", 0.2)
+
+    async def scenario():
+        policy = OutboundPolicy()
+        outcomes = await asyncio.gather(
+            *(policy.check(f"http://hang{i}.example/", "image_url") for i in range(12)), return_exceptions=True
+        )
+        started = time.monotonic()
+        await asyncio.to_thread(lambda: None)  # the default pool is free
+        return outcomes, time.monotonic() - started
+
+    try:
+        outcomes, default_pool_s = asyncio.run(scenario())
+        assert all(isinstance(outcome, OutboundRefused) for outcome in outcomes)
+        assert default_pool_s < 0.5
+        with pytest.raises(OutboundRefused):  # every resolver thread is still held: refused at once
+            check(OutboundPolicy(), "http://one-more.example/")
+    finally:
+        release.set()
+
+
 def test_an_international_name_is_resolved_sent_and_verified_in_its_idna_form(resolve):
     resolve["xn--bcher-kva.de"] = ["93.184.216.34"]
-    host, address = check(OutboundPolicy(), "https://Bücher.de:8443/hook?x=1")
+    host, address = check(OutboundPolicy(ports=(8443,)), "https://Bücher.de:8443/hook?x=1")
     assert host == "xn--bcher-kva.de"
 
     async def build() -> httpx.Request:

@@ -90,3 +90,14 @@ def test_local_config_is_cpu_and_tiny():
     assert options(args)[GENERATOR]["ray_actor_options"].get("num_gpus", 0) == 0
     assert config["http_options"]["host"] == "127.0.0.1"
     assert config["http_options"]["port"] == 8000
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_the_ingress_caps_fit_in_what_serve_lets_a_replica_hold(name):
+    # max_streams (2000) was above the Ingress's max_ongoing_requests (500): past 500, Serve queued
+    # requests at the proxy, unbounded, instead of our 429.
+    config = load(name)
+    args = AppArgs.model_validate(config["applications"][0]["args"])
+    ingress = deployments(config)[INGRESS]
+    assert args.max_streams + args.max_submissions < ingress["max_ongoing_requests"]
+    assert args.max_streams_per_key <= args.max_streams and args.max_submissions_per_key <= args.max_submissions

@@ -7,6 +7,7 @@ import copy
 import functools
 import json
 import re
+import tomllib
 from pathlib import Path
 
 import jsonschema
@@ -18,7 +19,7 @@ from ray.serve.schema import ServeDeploySchema
 from support.configs import unknown_keys
 from support.service import ROOT
 
-from serve_app.api.auth import KEYS_ENV
+from serve_app.api.auth import KEY_ID_SECRET_ENV, KEYS_ENV
 from serve_app.common import metrics
 from serve_app.config import DATABASE_URL_ENV, SECRET_ENV
 from serve_app.deployments import GPUS_PER_GENERATOR
@@ -96,7 +97,7 @@ def test_the_rayservice_is_valid_for_kuberay_1_5_and_the_checker_refuses_unknown
         validate_rayservice(typo)
 
 
-@pytest.mark.parametrize("name", ["rayservice.yaml", "storage.yaml"])
+@pytest.mark.parametrize("name", ["rayservice.yaml", "storage.yaml", "network.yaml", "ingress-nginx.yaml"])
 def test_the_core_objects_are_valid_for_kubernetes(name):
     core = [doc for doc in documents(name) if doc["apiVersion"] in ("v1", "batch/v1", "networking.k8s.io/v1")]
     assert core
@@ -109,6 +110,9 @@ def test_serve_config_v2_is_valid_for_ray_and_agrees_with_serve_config_yaml():
     ServeDeploySchema.model_validate(config)
     assert unknown_keys(config) == []
     production = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    # Loopback on one machine (its proxy the only way in); the pod network on Kubernetes, where
+    # deploy/network.yaml admits only nginx.
+    assert production["http_options"].pop("host") == "127.0.0.1" and config["http_options"].pop("host") == "0.0.0.0"
     assert config["http_options"] == production["http_options"]
     assert config["proxy_location"] == production["proxy_location"]
     (app,), (prod_app,) = config["applications"], production["applications"]
@@ -161,16 +165,24 @@ def test_secrets_images_ports_and_volumes_are_consistent():
     dockerfile = (DEPLOY / "Dockerfile").read_text()
 
     assert len({c["image"] for c in containers}) == 1
-    assert re.search(rf"^FROM rayproject/ray:{re.escape(ray.__version__)}-py311-gpu$", dockerfile, re.M)
+    base = rf"rayproject/ray:{re.escape(ray.__version__)}-py311-gpu"
+    assert re.search(rf"^ARG RAY_IMAGE={base}$", dockerfile, re.M) and "\nFROM ${RAY_IMAGE}\n" in dockerfile
     assert f"EXPOSE {config['http_options']['port']}" in dockerfile
     for container in containers:
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports["serve"] == config["http_options"]["port"] and ports["metrics"] == 8080
-        env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
-        assert env[KEYS_ENV]["name"] == "wan-api-keys" and not env[KEYS_ENV].get("optional")
-        assert env[SECRET_ENV]["name"] == "wan-webhook-secret"
-        # The database's password lives in a Secret (CloudNativePG's, or yours), never in the file.
-        assert env[DATABASE_URL_ENV] == {"name": "wan-postgres-app", "key": "uri"}
+    # The app's secrets on the pods of the Ingress and Jobs replicas only: none on the head, none on
+    # a GPU worker (every secret was on every pod).
+    (service_container,) = pods["service"]["containers"]
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in service_container["env"] if "valueFrom" in e}
+    assert env[KEYS_ENV]["name"] == "wan-api-keys" and not env[KEYS_ENV].get("optional")
+    assert env[KEY_ID_SECRET_ENV] == {"name": "wan-api-keys", "key": "key-id-secret"}
+    assert env[SECRET_ENV]["name"] == "wan-webhook-secret"
+    # The database's password lives in a Secret (CloudNativePG's, or yours), never in the file.
+    assert env[DATABASE_URL_ENV] == {"name": "wan-postgres-app", "key": "uri"}
+    others = [e for name in ("head", "gpu") for c in pods[name]["containers"] for e in c.get("env", [])]
+    assert [e for e in others if "valueFrom" in e] == []
+    assert "HF_TOKEN" not in (DEPLOY / "rayservice.yaml").read_text()  # the weights are on a volume
     assert "postgresql://" not in (DEPLOY / "rayservice.yaml").read_text()
     for group in groups(service).values():
         assert group["rayStartParams"]["metrics-export-port"] == "8080"
@@ -213,19 +225,118 @@ def test_the_weights_are_pinned_and_no_pod_downloads_them():
         assert "HF_TOKEN" not in env, name
 
 
-def test_only_the_serve_port_is_open_and_the_ingress_outlasts_a_long_request():
+def pod_labels() -> dict[str, dict[str, str]]:
+    """Each Ray pod's labels: the template's and KubeRay's own."""
+    return {
+        name: {**group["template"]["metadata"]["labels"], "ray.io/group": name if name != "head" else "headgroup",
+               "ray.io/node-type": "head" if name == "head" else "worker"}
+        for name, group in groups(rayservice()).items()
+    }  # fmt: skip
+
+
+def policies() -> dict[str, dict]:
+    return {doc["metadata"]["name"]: doc["spec"] for doc in documents("network.yaml")}
+
+
+def selects(selector: dict, labels: dict[str, str]) -> bool:
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def rules_for(labels: dict[str, str], kind: str) -> list[dict]:
+    """Every `kind` (ingress or egress) rule of the policies that select a pod with these labels."""
+    return [rule for spec in policies().values() if selects(spec["podSelector"], labels)
+            and kind.capitalize() in spec["policyTypes"] for rule in spec.get(kind, [])]  # fmt: skip
+
+
+def test_the_policies_admit_nginx_to_the_serve_port_only_and_the_operator_to_the_dashboard_only():
+    # Port 8000 was open to every source (bypassing nginx), the dashboard to all of kuberay-system.
+    for name, labels in pod_labels().items():
+        rules = rules_for(labels, "ingress")
+        assert all("from" in rule for rule in rules), name  # no rule admits every source
+        by_port = {port["port"]: rule["from"] for rule in rules for port in rule.get("ports", [])}
+        assert by_port[8000] == [{
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}},
+        }]  # fmt: skip
+        for port in (8265, 52365):
+            (peer,) = by_port[port]
+            assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}
+        unrestricted = [rule for rule in rules if "ports" not in rule]
+        assert unrestricted == [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "wan-serve"}}}]}]
+
+
+def test_egress_is_the_cluster_dns_redis_postgres_and_for_the_service_group_public_http_only():
+    # No egress policy: the app's SSRF filter was the only barrier.
+    private = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10", "127.0.0.0/8"}
+    for name, labels in pod_labels().items():
+        rules = rules_for(labels, "egress")
+        blocks = [peer["ipBlock"] for rule in rules for peer in rule["to"] if "ipBlock" in peer]
+        internet = [block for block in blocks if block["cidr"] in ("0.0.0.0/0", "::/0")]
+        if name == "service":  # image_url and webhook_url
+            assert private <= set(internet[0]["except"]) and "fe80::/10" in internet[1]["except"]
+            (rule,) = [rule for rule in rules if any("ipBlock" in peer for peer in rule["to"])]
+            assert sorted(port["port"] for port in rule["ports"]) == [80, 443]
+        else:
+            assert internet == [], name
+        if name == "gpu":
+            assert blocks == []  # a generator reaches only the cluster's own pods and DNS
+    for store, port in (("wan-redis", 6379), ("wan-postgres", 5432)):
+        spec = policies()[store]
+        assert spec["policyTypes"] == ["Ingress", "Egress"]
+        assert all("ipBlock" not in peer or peer["ipBlock"]["cidr"].endswith("/32") for rule in spec["egress"]
+                   for peer in rule["to"])  # fmt: skip
+        clients = [
+            peer for rule in spec["ingress"] for peer in rule["from"] if port in [p["port"] for p in rule["ports"]]
+        ]
+        assert any(selects(peer["podSelector"], pod_labels()["service" if store == "wan-postgres" else "head"])
+                   for peer in clients)  # fmt: skip
+        assert not any(selects(peer["podSelector"], pod_labels()["gpu"]) for peer in clients)
+
+
+def test_every_ray_pod_runs_as_the_ray_user_without_privilege_escalation():
+    # The Ray image gives its user passwordless sudo: allowPrivilegeEscalation false stops it.
+    for name, group in groups(rayservice()).items():
+        pod = group["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for container in pod["containers"]:
+            assert container["securityContext"] == {
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+            }
+        assert pod.get("automountServiceAccountToken", True) is (name == "head")  # the autoscaler asks the API
+    assert "\nUSER 1000\n" in (DEPLOY / "Dockerfile").read_text()
+
+
+def test_the_ingress_is_tls_strips_rays_hints_and_outlasts_a_long_request():
     objects = {doc["kind"]: doc for doc in documents("rayservice.yaml")}
-    rules = objects["NetworkPolicy"]["spec"]["ingress"]
-    open_ports = [port["port"] for rule in rules if "from" not in rule for port in rule["ports"]]
-    assert open_ports == [8000]
-    internal = [rule for rule in rules if "from" in rule and "ports" not in rule]
-    assert internal == [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "wan-serve"}}}]}]
-    for pod in (group["template"] for group in groups(rayservice()).values()):
-        assert pod["metadata"]["labels"] == {"app.kubernetes.io/name": "wan-serve"}
-    annotations = objects["Ingress"]["metadata"]["annotations"]
+    ingress = objects["Ingress"]
+    annotations = ingress["metadata"]["annotations"]
+    assert ingress["spec"]["tls"] == [{"hosts": [ingress["spec"]["rules"][0]["host"]], "secretName": "wan-serve-tls"}]
+    assert annotations["nginx.ingress.kubernetes.io/ssl-redirect"] == "true"
     timeout = serve_config_v2()["http_options"]["request_timeout_s"]
     assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= timeout
     assert int(annotations["nginx.ingress.kubernetes.io/proxy-send-timeout"]) >= timeout
+    # nginx holds what slow readers have not taken (not Serve's unbounded proxy queue).
+    assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "on"
+    (headers,) = documents("ingress-nginx.yaml")
+    assert headers["data"] == {"x-request-timeout-seconds": "", "x-request-disconnect-disabled": ""}
+    assert "proxy-set-headers" in (DEPLOY / "ingress-nginx.yaml").read_text()
+
+
+def test_the_image_installs_its_dependencies_from_the_lock_file_by_hash():
+    lock = (DEPLOY / "requirements.lock").read_text()
+    pins = dict(re.findall(r"^([a-z0-9._-]+)==(\S+) \\$", lock, re.M))
+    blocks = re.split(r"\n(?=[a-z0-9])", lock.split("\n", 2)[2])
+    assert len(pins) == len(blocks) > 50 and all("--hash=sha256:" in block for block in blocks)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["s3"]]
+    names = {re.match(r"[A-Za-z0-9._-]+", spec).group().lower() for spec in wanted}
+    assert names - {"torch"} <= {name.replace("_", "-") for name in pins} and "torch" not in pins
+    assert pins["ray"] == ray.__version__
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert "pip install --no-cache-dir --require-hashes --no-deps -r requirements.lock" in dockerfile
+    assert "pip install --no-cache-dir --no-deps ." in dockerfile
 
 
 def test_the_dashboard_shows_only_metrics_that_exist():

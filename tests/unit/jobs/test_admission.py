@@ -3,10 +3,20 @@ and bytes, each refused with its own code and a Retry-After from how long recent
 
 import asyncio
 
+import pytest
 from support.jobs import REQUEST, job
+from support.postgres import STORES, fresh_database
 
+from serve_app.error_codes import ErrorCode
 from serve_app.jobs.admission import Admission
 from serve_app.jobs.store import NewJob, open_store
+
+
+@pytest.fixture
+def url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path / 'jobs.sqlite3'}"
+    return fresh_database(request.getfixturevalue("postgres"), f"admission_{abs(hash(request.node.name))}")
 
 
 def refusals(tmp_path, setup, **limits) -> dict:
@@ -75,3 +85,42 @@ def test_a_key_that_stores_its_share_of_jobs_or_bytes_gets_a_429_and_others_do_n
         assert answers["a"].code == "storage_quota", setup.__name__
         assert "Delete some" in answers["a"].message and answers["a"].retry_after_s >= 1
         assert answers["b"] is None
+
+
+@pytest.mark.parametrize("url", STORES, indirect=True)
+def test_concurrent_submissions_through_two_replicas_never_pass_the_key_limit_together(url):
+    # With a limit of 3, 10 concurrent submissions were all queued: the check, then the insert.
+    async def scenario() -> tuple[list, int]:
+        replicas = [open_store(url), open_store(url)]
+        await replicas[0].migrate()
+        admissions = [Admission(store, max_queued=100, max_per_key=3, max_stored_jobs_per_key=100,
+                                max_stored_bytes_per_key=2**30) for store in replicas]  # fmt: skip
+
+        async def submit(n: int):
+            admission, store = admissions[n % 2], replicas[n % 2]
+            if refusal := await admission.refusal("a", None):
+                return refusal
+            admit = lambda usage: admission.judge(usage, None)  # noqa: E731
+            return await store.add(job(f"video_{n}"), NewJob(owner="a", request=REQUEST), "jobs-1", admit)
+
+        outcomes = await asyncio.gather(*(submit(n) for n in range(10)))
+        queued = (await replicas[0].usage("a")).owner_active
+        for store in replicas:
+            await store.close()
+        return outcomes, queued
+
+    outcomes, queued = asyncio.run(scenario())
+    assert queued == 3 and outcomes.count(None) == 3
+    assert {refusal.code for refusal in outcomes if refusal is not None} == {"too_many_jobs"}
+
+
+def test_a_full_results_store_refuses_every_key_with_a_503(tmp_path):
+    async def setup(store):
+        await add(store, "a", 1, "completed", stored_bytes=3 * 2**20)
+        await add(store, "c", 1, "completed", stored_bytes=3 * 2**20)
+
+    answers = refusals(tmp_path, setup, max_stored_bytes=6 * 2**20)
+    assert answers["a"].code == answers["b"].code == ErrorCode.STORAGE_FULL
+    assert ErrorCode.STORAGE_FULL.http_status == 503
+    assert answers["b"].retry_after_s >= 1
+    assert refusals(tmp_path / "room", setup, max_stored_bytes=7 * 2**20) == {"a": None, "b": None}

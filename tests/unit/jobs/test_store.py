@@ -119,4 +119,17 @@ def test_a_database_of_the_release_before_versioning_is_upgraded_in_place(tmp_pa
         return kept, usage
 
     kept, usage = asyncio.run(scenario())
-    assert kept.job.status == "completed" and kept.owner == "k" and usage == (1, 0)
+    assert kept.job.status == "completed" and kept.owner == "k"
+    assert (usage.owner_jobs, usage.owner_bytes) == (1, 0)
+
+
+def test_an_id_with_a_nul_is_no_job_on_either_database(url):
+    # PostgreSQL's text cannot hold a NUL: `/v1/videos/video_%00` and `?after=video_%00` were 500s.
+    async def scenario():
+        store = await opened(url)
+        await store.add(job("video_a"), NewJob(owner="k", request=REQUEST), "jobs-1")
+        found = await store.get("video_\x00"), await store.page("k", "video_\x00", 10, newest_first=True)
+        await store.close()
+        return found
+
+    assert asyncio.run(scenario()) == (None, None)
