@@ -97,18 +97,30 @@ def service(apps: "Apps", image_server: str, service_config: dict) -> str:
     return apps.deploy(service_config["applications"][0])
 
 
+def _simulated_app_name(item: pytest.Item) -> str:
+    return "sim-" + hashlib.sha256(item.nodeid.encode()).hexdigest()[:10]
+
+
 @pytest.fixture
-def simulated_app(apps: "Apps", tmp_path: Path, request: pytest.FixtureRequest) -> Iterator["DeployedApp"]:
+def simulated_app(
+    apps: "Apps", tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator["DeployedApp"]:
     """An application of this test's own beside the service, `model: simulated` (steps that sleep:
     a SLOW job takes seconds, and no CPU), with the test caps and a fast handover, under a route
-    prefix of its own. A test may break it; it is deleted after the test."""
+    prefix of its own. A test may break it; it is deleted after the test. The first test of a
+    module to ask deploys those of every test of the module that will, at once (their replicas
+    start together, rather than one test after another)."""
     from support.apps import DeployedApp
 
-    name = "sim-" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:10]
-    url = apps.deploy(apps.simulated(name, tmp_path))
+    name = _simulated_app_name(request.node)
+    if name not in apps:
+        module = [item for item in request.session.items if item.module is request.node.module]
+        wanted = [_simulated_app_name(item) for item in module if "simulated_app" in item.fixturenames]
+        new = [other for other in wanted if other not in apps]
+        apps.deploy_all([apps.simulated(other, tmp_path_factory.mktemp(other)) for other in new])
     headers = {"Authorization": f"Bearer {API_KEYS[0]}"}
-    with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
-        yield DeployedApp(name, url, http)
+    with httpx.Client(base_url=apps.url(name), headers=headers, timeout=60) as http:
+        yield DeployedApp(name, apps.url(name), http)
     apps.remove(name)
 
 

@@ -58,12 +58,23 @@ class Apps:
 
     def deploy(self, app: dict, ready_within_s: float | None = 120) -> str:
         """Add or replace `app` (by name); its URL, once its `/readyz` says ready (None: at once)."""
-        self._apps[app["name"]] = copy.deepcopy(app)
+        return self.deploy_all([app], ready_within_s)[0]
+
+    def deploy_all(self, apps: list[dict], ready_within_s: float | None = 120) -> list[str]:
+        """`deploy` for several at once: Serve starts their replicas together."""
+        for app in apps:
+            self._apps[app["name"]] = copy.deepcopy(app)
         deploy_config(self.config(), ready_within_s=None)
-        url = self.base_url + app["route_prefix"].rstrip("/")
-        if ready_within_s is not None:
+        urls = [self.url(app["name"]) for app in apps]
+        for url in urls if ready_within_s is not None else ():
             wait_ready(url, ready_within_s)
-        return url
+        return urls
+
+    def url(self, name: str) -> str:
+        return self.base_url + self._apps[name]["route_prefix"].rstrip("/")
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._apps
 
     def app(self, name: str) -> dict:
         """A copy of the application `name` as deployed, to change and deploy again."""
