@@ -5,6 +5,8 @@ the weights' values: the benchmark and the memory model use it, no download need
 
 import torch
 
+from serve_app.engine.tokenizer import build_tokenizer
+
 TRANSFORMER_CONFIG = {
     "patch_size": (1, 2, 2),
     "num_attention_heads": 24,
@@ -59,8 +61,6 @@ def full_size_pipeline(device: torch.device, dtype: torch.dtype):
     `_keep_in_fp32_modules`, float32 for the VAE."""
     from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
-
-    from serve_app.engine.tiny import build_tokenizer
 
     with torch.device(device):
         transformer = WanTransformer3DModel(**TRANSFORMER_CONFIG)

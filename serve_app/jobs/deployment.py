@@ -24,10 +24,11 @@ from serve_app.common.storage import REFERENCE, ResultStorage
 from serve_app.common.tasks import spawn
 from serve_app.config import AppArgs, webhook_secret
 from serve_app.jobs.admission import Admission
+from serve_app.jobs.database import open_store
 from serve_app.jobs.dispatch import Dispatcher
 from serve_app.jobs.handover import HEARTBEAT_S, Handover
 from serve_app.jobs.outbox import Outbox
-from serve_app.jobs.store import EVERY_JOB, DuplicateKey, NewJob, open_store
+from serve_app.jobs.store import EVERY_JOB, DuplicateKey, NewJob
 from serve_app.jobs.webhooks import WebhookSender
 from serve_app.messages import Job, JobList, Refusal, Started, Submission, VideoShape
 

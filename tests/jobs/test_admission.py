@@ -6,7 +6,8 @@ import asyncio
 from support.jobs import REQUEST, job
 
 from serve_app.jobs.admission import Admission
-from serve_app.jobs.store import NewJob, open_store
+from serve_app.jobs.database import open_store
+from serve_app.jobs.store import NewJob
 
 
 def refusals(tmp_path, setup, **limits) -> dict:
