@@ -8,7 +8,13 @@ from serve_app.api.ingress import Ingress
 from serve_app.config import AppArgs
 from serve_app.deployments import GENERATOR, GENERATOR_MAX_ONGOING_REQUESTS, INGRESS, JOBS
 from serve_app.engine.generator import Generator
+from serve_app.handles import GeneratorDeployment, JobsDeployment
 from serve_app.jobs.deployment import Jobs
+
+# Typed as what their callers' handles call (serve_app/handles.py): mypy checks here that each class
+# has every method of its Protocol, with a compatible signature.
+GENERATOR_CLASS: type[GeneratorDeployment] = Generator
+JOBS_CLASS: type[JobsDeployment] = Jobs
 
 
 def build_app(args: AppArgs) -> Application:
@@ -16,14 +22,12 @@ def build_app(args: AppArgs) -> Application:
     if isinstance(args, dict):  # `serve.run(build_app({...}))` from Python
         args = AppArgs.model_validate(args)
     generator = serve.deployment(
-        Generator,
         name=GENERATOR,
         max_ongoing_requests=GENERATOR_MAX_ONGOING_REQUESTS,
         ray_actor_options={"num_gpus": 0 if args.device == "cpu" else 1},
         max_constructor_retry_count=args.max_constructor_retries,
-    )
+    )(GENERATOR_CLASS)
     jobs = serve.deployment(
-        Jobs,
         name=JOBS,
         # Its replica count is the config's: 1 with SQLite, 2 or more with PostgreSQL (see jobs/).
         # Every follower of a job (SSE, a waiting /predict) holds one long-poll call here.
@@ -31,6 +35,6 @@ def build_app(args: AppArgs) -> Application:
         ray_actor_options={"num_cpus": 0},
         # On a rolling update or shutdown it follows its running jobs to their end (see jobs/handover.py).
         graceful_shutdown_timeout_s=1200,
-    )
-    ingress = serve.deployment(serve.ingress()(Ingress), name=INGRESS)
+    )(JOBS_CLASS)
+    ingress = serve.deployment(name=INGRESS)(serve.ingress()(Ingress))
     return ingress.bind(jobs.bind(generator.bind(args), args), args)

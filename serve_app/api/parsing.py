@@ -3,7 +3,7 @@ OpenAI SDK sends), then the pydantic model. Every failure becomes a 400 (or 413)
 offending field."""
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from fastapi import Request
 from pydantic import ValidationError
@@ -77,7 +77,7 @@ async def parse_form_video_request(headers: Headers, body: bytes) -> tuple[Video
 _FIELD_NAME = re.compile(rf"[A-Za-z0-9_\[\]]{{1,{MAX_NAME_CHARS}}}")
 
 
-async def _once(body: bytes) -> AsyncIterator[bytes]:
+async def _once(body: bytes) -> AsyncGenerator[bytes, None]:
     yield body
 
 

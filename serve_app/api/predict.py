@@ -15,6 +15,7 @@ from serve_app.api.protocol import VIDEO_REQUEST_BODY, PredictResponse, error_re
 from serve_app.api.submission import follow_job, submit_job
 from serve_app.common.storage import VIDEO
 from serve_app.common.tasks import spawn
+from serve_app.handles import JobsDeployment
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +53,9 @@ async def predict(request: Request, state: State, owner: Owner) -> PredictRespon
         video = await asyncio.to_thread(state.storage.read, job.id, VIDEO)
         return PredictResponse(video_base64=base64.b64encode(video).decode("ascii"), details=job.details)
     request_id = request_id_of(request)
-    if job.status == "failed" and job.error.code in CALLER_ERRORS:
-        raise InvalidRequest(job.error.message, code=job.error.code)
-    if job.status == "failed":
+    if job.status == "failed" and job.error is not None:
+        if job.error.code in CALLER_ERRORS:
+            raise InvalidRequest(job.error.message, code=job.error.code)
         logger.error("request %s: job %s failed: %s", request_id, job.id, job.error.message)
         raise GenerationFailed(f"{job.error.message} (request id {request_id}, job id {job.id})", code=job.error.code)
     raise Conflict(
@@ -68,6 +69,6 @@ def _cancel_detached(state: State, owner: str, job_id: str) -> None:
     context (no parent request), that nothing cancels."""
 
     async def cancel() -> None:
-        await state.jobs.cancel.remote(owner, job_id)
+        await state.jobs.call(JobsDeployment.cancel, owner, job_id)
 
     spawn(cancel(), context=contextvars.Context())

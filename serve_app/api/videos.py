@@ -15,6 +15,7 @@ from serve_app.api.errors import Conflict, InvalidRequest, NotFound
 from serve_app.api.protocol import VIDEO_REQUEST_BODY, ErrorResponse, JobDeleted, error_responses
 from serve_app.api.submission import follow_job, submit_job
 from serve_app.common.storage import THUMBNAIL, VIDEO
+from serve_app.handles import JobsDeployment
 from serve_app.messages import Job, JobList
 
 _ERRORS = error_responses(
@@ -73,7 +74,7 @@ async def list_videos(
     order: Literal["desc", "asc"] = "desc",
 ) -> JobList:
     """The caller's jobs, newest first unless `order=asc`."""
-    page = await state.jobs.page.remote(owner, after, limit, newest_first=order == "desc")
+    page = await state.jobs.call(JobsDeployment.page, owner, after, limit, newest_first=order == "desc")
     if page is None:
         raise InvalidRequest("after is not one of your jobs.", param="after")
     return page
@@ -131,7 +132,7 @@ async def get_video_events(video_id: str, state: State, owner: Owner) -> Streami
 async def cancel_video(video_id: str, state: State, owner: Owner) -> Job:
     """A queued job never runs; a running one stops at its next denoising step. A finished job is
     returned as it is."""
-    job = await state.jobs.cancel.remote(owner, video_id)
+    job = await state.jobs.call(JobsDeployment.cancel, owner, video_id)
     if job is None:
         raise _not_found(video_id)
     return job
@@ -140,13 +141,13 @@ async def cancel_video(video_id: str, state: State, owner: Owner) -> Job:
 @videos_router.delete("/{video_id}", response_model=JobDeleted)
 async def delete_video(video_id: str, state: State, owner: Owner) -> JobDeleted:
     """Cancel the job if it has not finished, then delete it and its files."""
-    if not await state.jobs.delete.remote(owner, video_id):
+    if not await state.jobs.call(JobsDeployment.delete, owner, video_id):
         raise _not_found(video_id)
     return JobDeleted(id=video_id)
 
 
 async def _job(state: State, owner: str, video_id: str) -> Job:
-    job = await state.jobs.get.remote(owner, video_id)
+    job = await state.jobs.call(JobsDeployment.get, owner, video_id)
     if job is None:
         raise _not_found(video_id)
     return job

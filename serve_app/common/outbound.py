@@ -7,6 +7,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -96,7 +97,7 @@ class OutboundPolicy:
 
 
 def pinned_request(
-    client: httpx.AsyncClient, method: str, url: str, host: str, address: IpAddress, **kwargs
+    client: httpx.AsyncClient, method: str, url: str, host: str, address: IpAddress, **kwargs: Any
 ) -> httpx.Request:
     """A request to `url` that connects to `address`, with the (IDNA-encoded) host as its Host
     header and TLS name."""

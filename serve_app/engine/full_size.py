@@ -3,9 +3,15 @@ text_encoder/ config.json of Wan-AI/Wan2.2-TI2V-5B-Diffusers), and the pipeline 
 with random weights on any device, the meta device included. Speed and memory do not depend on
 the weights' values: the benchmark and the memory model use it, no download needed."""
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from serve_app.engine.tokenizer import build_tokenizer
+
+if TYPE_CHECKING:
+    from diffusers import ModelMixin, UniPCMultistepScheduler, WanPipeline
+    from transformers import PreTrainedModel
 
 TRANSFORMER_CONFIG = {
     "patch_size": (1, 2, 2),
@@ -55,7 +61,7 @@ TEXT_ENCODER_CONFIG = {
 }
 
 
-def full_size_pipeline(device: torch.device, dtype: torch.dtype):
+def full_size_pipeline(device: torch.device, dtype: torch.dtype) -> "WanPipeline":
     """The pipeline with random weights, created directly on `device` in the dtypes that
     `from_pretrained(dtype=dtype)` gives: `dtype` for the transformer and the text encoder but their
     `_keep_in_fp32_modules`, float32 for the VAE."""
@@ -78,7 +84,7 @@ def full_size_pipeline(device: torch.device, dtype: torch.dtype):
     )
 
 
-def wan_scheduler():
+def wan_scheduler() -> "UniPCMultistepScheduler":
     """The checkpoint's scheduler (scheduler/scheduler_config.json): UniPC on flow sigmas, shift 5."""
     from diffusers import UniPCMultistepScheduler
 
@@ -87,7 +93,7 @@ def wan_scheduler():
     )
 
 
-def cast_like_from_pretrained(module: torch.nn.Module, dtype: torch.dtype) -> None:
+def cast_like_from_pretrained(module: "ModelMixin | PreTrainedModel", dtype: torch.dtype) -> None:
     """Cast to `dtype`, but keep in float32 what from_pretrained keeps there: a diffusers model's
     `_keep_in_fp32_modules`; a transformers model's `_keep_in_fp32_modules_strict` (and, for
     float16 only, its `_keep_in_fp32_modules`)."""

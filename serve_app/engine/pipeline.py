@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -19,16 +20,21 @@ from serve_app.engine.speedups import step_cache
 from serve_app.engine.video import encode_jpeg, encode_mp4
 from serve_app.messages import GenerationRequest, GenerationResult, Progress, StageTimings
 
+if TYPE_CHECKING:
+    from diffusers import WanPipeline
+
 logger = logging.getLogger(__name__)
 
 # Wan2.2 was trained with prompts of up to 512 tokens.
 MAX_SEQUENCE_LENGTH = 512
 
 Report = Callable[[Progress], None]
+# diffusers' `callback_on_step_end`: (pipeline, step index, timestep, tensors) -> tensors.
+StepEnd = Callable[["WanPipeline", int, torch.Tensor, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 # The denoising graphs a request can take besides the warm-up's own (guidance in a batch of two,
 # quality mode), by compile mode: guidance off is a batch of one; `regional` also compiles the
 # blocks that fast mode's step cache wraps (`full` runs fast generations eagerly).
-WARM_UP_VARIANTS: dict[str, tuple[dict, ...]] = {
+WARM_UP_VARIANTS: dict[str, tuple[dict[str, float | str], ...]] = {
     "off": (),
     "full": ({"guidance_scale": 1.0},),
     "regional": ({"guidance_scale": 1.0}, {"speed_mode": "fast"}, {"guidance_scale": 1.0, "speed_mode": "fast"}),
@@ -92,7 +98,9 @@ class PipelineRunner:
         cancel = cancel or threading.Event()
         self._check_fits(request)
 
-        def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        def on_step_end(
+            pipe: "WanPipeline", step: int, timestep: torch.Tensor, callback_kwargs: dict[str, torch.Tensor]
+        ) -> dict[str, torch.Tensor]:
             if cancel.is_set():
                 raise GenerationCancelled
             report(Progress(step=step + 1, total=pipe.num_timesteps))
@@ -158,7 +166,7 @@ class PipelineRunner:
         return Prompts(positive=positive.to(dtype), negative=negative.to(dtype) if use_cfg else None)
 
     def denoise(
-        self, request: GenerationRequest, prompts: Prompts, on_step_end: Callable | None = None
+        self, request: GenerationRequest, prompts: Prompts, on_step_end: StepEnd | None = None
     ) -> torch.Tensor:
         """The denoised latents: the pipeline stops there, so that decoding is ours to time and to
         keep compact."""
@@ -169,7 +177,7 @@ class PipelineRunner:
         pipe = model.i2v if request.image_png is not None else model.t2v
         guidance = model.guidance.guiding(prompts.negative) if model.guidance is not None else nullcontext()
         with guidance, step_cache(pipe.transformer, request.speed_mode, model.options["compile"]):
-            return pipe(
+            latents: torch.Tensor = pipe(
                 prompt_embeds=prompts.positive,
                 negative_prompt_embeds=prompts.negative,
                 height=request.height,
@@ -183,6 +191,7 @@ class PipelineRunner:
                 callback_on_step_end=on_step_end,
                 **image_kwargs,
             )[0]
+        return latents
 
     @contextmanager
     def _text_encoder_on_gpu(self) -> Iterator[None]:

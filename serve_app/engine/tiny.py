@@ -10,11 +10,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from serve_app.engine.full_size import wan_scheduler
 from serve_app.engine.tokenizer import build_tokenizer
+
+if TYPE_CHECKING:
+    from diffusers import WanPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +26,7 @@ logger = logging.getLogger(__name__)
 TINY_VERSION = "1"
 
 
-def _build_pipeline():
+def _build_pipeline() -> "WanPipeline":
     from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 

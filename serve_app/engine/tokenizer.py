@@ -2,11 +2,15 @@
 full-size pipeline's stand-in for the real one (its speed and memory do not depend on the tokens)."""
 
 import string
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import T5TokenizerFast
 
 _SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]
 
 
-def build_tokenizer():
+def build_tokenizer() -> "T5TokenizerFast":
     """Built with the `tokenizers` library: no download."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import T5TokenizerFast

@@ -3,16 +3,18 @@ clock, its serial keys and how it tells other replicas that a job changed."""
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from serve_app.jobs.store import DuplicateKey, NewJob, Orphan, StoredJob, Webhook
 from serve_app.messages import GenerationRequest, Job
 
 ACTIVE = "('queued', 'in_progress')"
+Params = Sequence[object]  # a statement's `?` values
+Row = tuple[Any, ...]  # a row as the database's driver gives it
 
 
 class Transaction(Protocol):
-    async def execute(self, sql: str, params: Sequence = ()) -> list[tuple]:
+    async def execute(self, sql: str, params: Params = ()) -> list[Row]:
         """Run one statement (`?` placeholders); its rows, if it returns any."""
 
 
@@ -79,7 +81,7 @@ class SqlStore:
     async def _lock_schema(self, tx: Transaction) -> None:
         """Hold off other replicas' migrations until `tx` ends."""
 
-    async def _read(self, sql: str, params: Sequence = ()) -> list[tuple]:
+    async def _read(self, sql: str, params: Params = ()) -> list[Row]:
         async with self.transaction() as tx:
             return await tx.execute(sql, params)
 
@@ -130,12 +132,12 @@ class SqlStore:
             "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq <= (SELECT seq FROM jobs WHERE id = ?)",
             (job_id,),
         )
-        return ahead
+        return int(ahead)
 
     async def count(self, status: str, owner: str | None = None) -> int:
         query = "SELECT COUNT(*) FROM jobs WHERE status = ?" + (" AND owner = ?" if owner else "")
         ((count,),) = await self._read(query, (status, owner) if owner else (status,))
-        return count
+        return int(count)
 
     async def usage(self, owner: str) -> tuple[int, int]:
         ((jobs, stored),) = await self._read(
@@ -208,7 +210,7 @@ class SqlStore:
     async def expired(self, now: float) -> list[str]:
         return [job_id for (job_id,) in await self._read("SELECT id FROM jobs WHERE expires_at <= ?", (now,))]
 
-    async def _set(self, job_id: str, sql: str, params: Sequence) -> bool:
+    async def _set(self, job_id: str, sql: str, params: Params) -> bool:
         async with self.transaction() as tx:
             changed = bool(await tx.execute(sql, params))
             if changed:
@@ -278,7 +280,7 @@ class SqlStore:
 _STORED = "job, owner, runner, webhook_url, request_hash"
 
 
-def _stored(row: tuple) -> StoredJob:
+def _stored(row: Row) -> StoredJob:
     job, owner, runner, webhook_url, request_hash = row
     return StoredJob(Job.model_validate_json(job), owner, runner, webhook_url, request_hash)
 
