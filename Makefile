@@ -29,10 +29,12 @@ run: install
 	@echo "Serving the tiny model on http://127.0.0.1:8000 -- API key(s): $$WAN_API_KEYS"
 	$(BIN)/serve run serve_config.local.yaml
 
-# ruff, and the rules between the deployments (import-linter, contracts in pyproject.toml).
+# ruff, the rules between the deployments (import-linter), and the types (mypy, strict on serve_app/):
+# their settings are in pyproject.toml.
 lint: install
 	$(BIN)/ruff check serve_app tests loadtests
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 $(CHROMIUM):
 	$(SUDO) apt-get update -qq
