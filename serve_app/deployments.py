@@ -51,7 +51,7 @@ def replica_states(app_name: str, deployment: str) -> dict[str, int]:
 
     app = serve.status().applications.get(app_name)
     status = app.deployments.get(deployment) if app else None
-    return dict(status.replica_states) if status else {}
+    return {state.value: count for state, count in status.replica_states.items()} if status else {}
 
 
 def running_replicas(app_name: str, deployment: str) -> int:

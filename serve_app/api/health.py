@@ -13,6 +13,7 @@ from serve_app.api.dependencies import State
 from serve_app.api.errors import error_response
 from serve_app.api.protocol import ErrorResponse
 from serve_app.error_codes import ErrorCode
+from serve_app.handles import JobsDeployment
 
 health_router = APIRouter()
 status_router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -66,5 +67,5 @@ async def status(state: State) -> dict[str, Any]:
     return {
         "model": state.args.model,
         "generator_replicas": await state.running_generators(),
-        "generators": await state.jobs.generators.remote(),
+        "generators": await state.jobs.call(JobsDeployment.generators),
     }

@@ -11,6 +11,7 @@ import logging
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -155,7 +156,7 @@ class OutboundPolicy:
 
 
 def pinned_request(
-    client: httpx.AsyncClient, method: str, url: str, host: str, address: IpAddress, **kwargs
+    client: httpx.AsyncClient, method: str, url: str, host: str, address: IpAddress, **kwargs: Any
 ) -> httpx.Request:
     """A request to `url` that connects to `address`, with the (IDNA-encoded) host as its Host
     header and TLS name."""
