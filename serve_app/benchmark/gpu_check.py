@@ -134,6 +134,7 @@ def run_check(opts: argparse.Namespace) -> Path:
     })  # fmt: skip
     if device.type == "cuda":
         check.figures["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / GiB, 1)
+    if free is not None:  # on a GPU
         check.figures["planned_free_gib"] = round(free / GiB, 1)
     if opts.gpu_gib:
         # The class the run stands for, in the GPU table; its speed is not that class's.

@@ -10,7 +10,7 @@ import ipaddress
 import logging
 import socket
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -100,7 +100,7 @@ class _Resolver:
             raise socket.gaierror(socket.EAI_AGAIN, "timed out") from None
         return [ipaddress.ip_address(info[4][0]) for info in infos]
 
-    def _done(self, _) -> None:
+    def _done(self, _: Future[Any]) -> None:
         with self._lock:
             self._busy -= 1
 

@@ -192,12 +192,15 @@ def beneath_offload_hook(module: torch.nn.Module) -> Iterator[None]:
     if not hasattr(module, "_hf_hook"):
         yield
         return
+    # accelerate's `_old_forward` is a plain attribute of the instance (torch's types know an
+    # unknown attribute of a module only as a submodule or a tensor).
+    attributes = vars(module)
     offloaded = module.forward
-    module.forward = module._old_forward
+    module.forward = attributes["_old_forward"]
     try:
         yield
     finally:
-        module._old_forward, module.forward = module.forward, offloaded
+        attributes["_old_forward"], module.forward = module.forward, offloaded
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
