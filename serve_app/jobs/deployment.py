@@ -73,7 +73,9 @@ class Jobs:
     """A plain class; `serve_app.app` makes it a deployment. `generator` is the Generator
     deployment's handle (any object with the same `options(stream=True).generate.remote`)."""
 
-    async def __init__(self, generator: DeploymentHandle[Any], args: AppArgs) -> None:  # type: ignore[misc]  # Serve awaits it
+    async def __init__(  # type: ignore[misc]  # mypy wants __init__ synchronous; Serve awaits this one
+        self, generator: DeploymentHandle[Any], args: AppArgs
+    ) -> None:
         use_serve_log_handlers()
         self._store = open_store(args.jobs_database_url)
         await self._store.migrate()

@@ -11,7 +11,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from ray.exceptions import RayActorError
 
@@ -54,7 +54,7 @@ class RunningJob:
     stream: Stream
     queued_at: float = field(default_factory=time.time)
     started_at: float | None = None
-    task: asyncio.Task[Any] | None = None
+    task: asyncio.Task[None] | None = None
 
     @property
     def started(self) -> bool:
