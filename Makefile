@@ -43,10 +43,12 @@ lock: install
 		--python-platform x86_64-manylinux_2_28 --index-url https://pypi.org/simple \
 		--custom-compile-command "make lock" $(foreach p,$(TORCH_STACK),--no-emit-package $(p)) -o deploy/requirements.lock
 
-# ruff, and the rules between the deployments (import-linter, contracts in pyproject.toml).
+# ruff, the rules between the deployments (import-linter), and the types (mypy, strict on serve_app/):
+# their settings are in pyproject.toml.
 lint: install
 	$(BIN)/ruff check serve_app tests loadtests
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 $(CHROMIUM):
 	$(SUDO) apt-get update -qq

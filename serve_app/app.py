@@ -9,7 +9,13 @@ from serve_app.api.ingress import Ingress
 from serve_app.config import AppArgs
 from serve_app.deployments import GENERATOR, INGRESS, JOBS, options
 from serve_app.engine.generator import Generator
+from serve_app.handles import GeneratorDeployment, JobsDeployment
 from serve_app.jobs.deployment import Jobs
+
+# Typed as what their callers' handles call (serve_app/handles.py): mypy checks here that each class
+# has every method of its Protocol, with a compatible signature.
+GENERATOR_CLASS: type[GeneratorDeployment] = Generator
+JOBS_CLASS: type[JobsDeployment] = Jobs
 
 
 def build_app(args: AppArgs) -> Application:
@@ -17,7 +23,7 @@ def build_app(args: AppArgs) -> Application:
     if isinstance(args, dict):  # `serve.run(build_app({...}))` from Python
         args = AppArgs.model_validate(args)
     deployment = options(args)
-    generator = serve.deployment(Generator, name=GENERATOR, **deployment[GENERATOR])
-    jobs = serve.deployment(Jobs, name=JOBS, **deployment[JOBS])
-    ingress = serve.deployment(serve.ingress()(Ingress), name=INGRESS, **deployment[INGRESS])
+    generator = serve.deployment(name=GENERATOR, **deployment[GENERATOR])(GENERATOR_CLASS)
+    jobs = serve.deployment(name=JOBS, **deployment[JOBS])(JOBS_CLASS)
+    ingress = serve.deployment(name=INGRESS, **deployment[INGRESS])(serve.ingress()(Ingress))
     return ingress.bind(jobs.bind(generator.bind(args), args), args)

@@ -48,9 +48,11 @@ def _plans() -> tuple[Plan, ...]:
     """Fastest first, by what each lever costs a job: the text encoder's two copies (a second or two),
     then tiling (part of the decode), then whole-model copies (seconds), then guidance one pass at
     a time (5-10 % of every step), and last the copies of every layer at every step."""
-    placements = [("full", False), ("text_encoder_offload", False), ("full", True), ("text_encoder_offload", True),
-                  ("model_offload", False), ("model_offload", True)]  # fmt: skip
-    grouped = [("group_offload", False), ("group_offload", True)]
+    placements: list[tuple[MemoryMode, bool]] = [
+        ("full", False), ("text_encoder_offload", False), ("full", True), ("text_encoder_offload", True),
+        ("model_offload", False), ("model_offload", True),
+    ]  # fmt: skip
+    grouped: list[tuple[MemoryMode, bool]] = [("group_offload", False), ("group_offload", True)]
     return tuple(
         Plan(memory_mode=mode, vae_tiling=tiling, cfg_batch=batched)
         for group in (placements, grouped)
@@ -150,4 +152,5 @@ class Capacity(BaseModel):
         """A request with guidance (guidance_scale > 1) denoises in a batch of two under a plan that
         batches it; an image is encoded first."""
         denoising: Stage = "denoising_batch_2" if guidance and self.plan.cfg_batch else "denoising_batch_1"
-        return ["text_encoding", *(["image_encoding"] if image else []), denoising, "decoding"]
+        encoding: list[Stage] = ["image_encoding"] if image else []
+        return ["text_encoding", *encoding, denoising, "decoding"]

@@ -51,7 +51,8 @@ def replica_states(app_name: str, deployment: str) -> dict[str, int]:
 
     app = serve.status().applications.get(app_name)
     status = app.deployments.get(deployment) if app else None
-    return dict(status.replica_states) if status else {}
+    # Typed as ReplicaState (a str enum), the keys come as plain strings: either is a str.
+    return {state: count for state, count in status.replica_states.items()} if status else {}
 
 
 def running_replicas(app_name: str, deployment: str) -> int:

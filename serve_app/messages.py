@@ -23,12 +23,17 @@ SpeedMode = Literal["quality", "fast"]
 
 
 class SizedRequest(Protocol):
-    """A request's size and guidance: a `GenerationRequest` or the API's `VideoRequest`."""
+    """A request's size and guidance: a `GenerationRequest` or the API's `VideoRequest` (read-only:
+    a GenerationRequest is frozen)."""
 
-    width: int
-    height: int
-    num_frames: int
-    guidance_scale: float
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def num_frames(self) -> int: ...
+    @property
+    def guidance_scale(self) -> float: ...
 
 
 class VideoShape(BaseModel):
@@ -97,7 +102,9 @@ class Started(BaseModel):
     """Sent by a generator replica first, when it starts a job."""
 
     worker: str | None = Field(description="The Ray node and GPU the job runs on (None outside Ray).")
-    runtime: dict = Field(description="How the replica runs the model: device, dtype, plan, attention backend...")
+    runtime: dict[str, object] = Field(
+        description="How the replica runs the model: device, dtype, plan, attention backend..."
+    )
     capacity: Capacity | None = Field(None, description="What its GPU memory allows; None on a CPU.")
 
 

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
-from ray.serve.handle import DeploymentHandle
 
 from serve_app.api.auth import require_api_key
 from serve_app.api.images import ImageLoader
@@ -14,6 +13,7 @@ from serve_app.api.slots import Slots
 from serve_app.common.outbound import OutboundPolicy
 from serve_app.common.storage import ResultStorage
 from serve_app.config import AppArgs
+from serve_app.handles import Handle, JobsDeployment
 
 
 @dataclass
@@ -21,7 +21,7 @@ class IngressState:
     """What the routes need from the ingress replica, kept on `app.state.ingress`."""
 
     args: AppArgs
-    jobs: DeploymentHandle
+    jobs: Handle[JobsDeployment]
     images: ImageLoader
     outbound: OutboundPolicy
     storage: ResultStorage
@@ -31,7 +31,8 @@ class IngressState:
 
 
 def ingress_state(request: Request) -> IngressState:
-    return request.app.state.ingress
+    state: IngressState = request.app.state.ingress
+    return state
 
 
 State = Annotated[IngressState, Depends(ingress_state)]

@@ -2,6 +2,7 @@
 
 import logging
 import uuid
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -88,7 +89,9 @@ class RangeNotSatisfiable(ServiceError):
         super().__init__(f"The Range is outside the file's {size} bytes.", headers={"Content-Range": f"bytes */{size}"})
 
 
-def error_body(code: ErrorCode, message: str, param: str | None = None, request_id: str | None = None) -> dict:
+def error_body(
+    code: ErrorCode, message: str, param: str | None = None, request_id: str | None = None
+) -> dict[str, Any]:
     """The API's error shape (`ErrorResponse`) as JSON: `param` always, `request_id` when there is one."""
     detail = ErrorDetail(code=code, message=message, param=param, request_id=request_id)
     return ErrorResponse(error=detail).model_dump(exclude={"error": {"request_id"}} if request_id is None else None)
@@ -159,8 +162,9 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Render every error, expected or not, in the API's JSON error shape."""
-    app.add_exception_handler(ServiceError, _service_error)
-    app.add_exception_handler(OutboundRefused, _outbound_refused)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    # The decorator form: add_exception_handler is typed for handlers of any Exception, not a subclass.
+    app.exception_handler(ServiceError)(_service_error)
+    app.exception_handler(OutboundRefused)(_outbound_refused)
+    app.exception_handler(RequestValidationError)(_validation_error)
+    app.exception_handler(StarletteHTTPException)(_http_error)
+    app.exception_handler(Exception)(_unexpected_error)

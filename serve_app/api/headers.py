@@ -16,7 +16,7 @@ _INLINE = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
 def page_csp(html: str, *, img: str = "'self' data: blob:", style: str = "") -> str:
     """The CSP of an HTML page that loads from its own origin only: its inline scripts and styles
     are allowed by their SHA-256, nothing else inline (no `unsafe-inline`)."""
-    hashes = {"script": [], "style": []}
+    hashes: dict[str, list[str]] = {"script": [], "style": []}
     for kind, body in _INLINE.findall(html):
         hashes[kind].append("'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'")
     return (

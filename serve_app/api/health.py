@@ -4,7 +4,7 @@ nothing about the deployment but whether it serves), `/v1/status` for operators 
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 
@@ -13,27 +13,30 @@ from serve_app.api.dependencies import State
 from serve_app.api.errors import error_response
 from serve_app.api.protocol import ErrorResponse
 from serve_app.error_codes import ErrorCode
+from serve_app.handles import JobsDeployment
 
 health_router = APIRouter()
 status_router = APIRouter(dependencies=[Depends(require_api_key)])
 # `/readyz` is open to anyone and asks the Serve controller: at most one question in this long.
 READY_CACHE_S = 2.0
 
+T = TypeVar("T")
 
-class Cached:
+
+class Cached(Generic[T]):
     """An async function's answer, kept for `ttl_s`: callers meanwhile get it, and callers while
     it is being asked share that one call. A failure is not kept."""
 
-    def __init__(self, call: Callable[[], Awaitable[Any]], ttl_s: float) -> None:
+    def __init__(self, call: Callable[[], Awaitable[T]], ttl_s: float) -> None:
         self._call = call
         self._ttl_s = ttl_s
-        self._task: asyncio.Future | None = None
+        self._task: asyncio.Future[T] | None = None
         self._asked_at = 0.0
 
-    async def __call__(self) -> Any:
+    async def __call__(self) -> T:
         task = self._task
-        stale = task is None or (task.done() and (task.exception() is not None or self._expired()))
-        if stale:
+        # None asked yet, or the last answer failed or is stale.
+        if task is None or (task.done() and (task.exception() is not None or self._expired())):
             self._asked_at = time.monotonic()
             self._task = task = asyncio.ensure_future(self._call())
         return await asyncio.shield(task)
@@ -66,5 +69,5 @@ async def status(state: State) -> dict[str, Any]:
     return {
         "model": state.args.model,
         "generator_replicas": await state.running_generators(),
-        "generators": await state.jobs.generators.remote(),
+        "generators": await state.jobs.call(JobsDeployment.generators),
     }

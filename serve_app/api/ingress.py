@@ -4,8 +4,10 @@ deployment, which queues it for the generator. It holds no model code and import
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from ray import serve
 from ray.serve.context import _get_serve_request_context
@@ -28,6 +30,7 @@ from serve_app.common.outbound import OutboundPolicy
 from serve_app.common.storage import ResultStorage
 from serve_app.config import AppArgs
 from serve_app.deployments import GENERATOR, running_replicas
+from serve_app.handles import Handle, JobsDeployment
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ logger = logging.getLogger(__name__)
 class Ingress:
     """A plain class; `serve_app.app` makes it a deployment with its FastAPI app."""
 
-    def __init__(self, jobs: DeploymentHandle, args: AppArgs) -> None:
+    def __init__(self, jobs: DeploymentHandle[Any], args: AppArgs) -> None:
         use_serve_log_handlers()
         self._jobs = jobs
         self._args = args
@@ -51,7 +54,7 @@ class Ingress:
         outbound = OutboundPolicy(tuple(self._args.url_allowlist), tuple(self._args.url_ports))
         state = IngressState(
             args=self._args,
-            jobs=self._jobs,
+            jobs=Handle[JobsDeployment](self._jobs),
             images=ImageLoader(policy, outbound),
             outbound=outbound,
             storage=ResultStorage(self._args.results_location),
@@ -111,7 +114,7 @@ def create_api(state: IngressState, api_keys: ApiKeys | None) -> FastAPI:
     metrics = RequestMetrics()
 
     @api.middleware("http")
-    async def request_id_and_metrics(request: Request, call_next):
+    async def request_id_and_metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         # Ray's proxy gives every request an id, logs it and returns it as X-Request-ID: use the
         # same one in our error bodies and log lines, unless the client chose it (Ray takes a
         # request's X-Request-ID as is): then one of our own. Outside Ray (unit tests) make one.

@@ -38,7 +38,7 @@ def map_form(fields: dict[str, str], upload: UploadedImage | None) -> tuple[dict
     if (size := data.pop("size", None)) is not None:
         _not_both("size", data, "width", "height")
         data["width"], data["height"] = nearest_size(size)
-        requested["size"] = "x".join(_SIZE.fullmatch(size.strip()).groups())
+        requested["size"] = size.strip().lower()  # WIDTHxHEIGHT, as nearest_size checked
     if (seconds := data.pop("seconds", None)) is not None:
         _not_both("seconds", data, "num_frames")
         data["num_frames"] = frames_for(seconds, _fps_of(data))
@@ -97,7 +97,7 @@ def _fps_of(data: dict[str, Any]) -> int:
     # An invalid fps is reported by VideoRequest's own validation; the default serves meanwhile.
     if isinstance(fps, str) and fps.isascii() and fps.isdecimal() and 0 < int(fps) <= MAX_FPS:
         return int(fps)
-    return VideoRequest.model_fields["fps"].default
+    return int(VideoRequest.model_fields["fps"].default)
 
 
 def _not_both(field: str, data: dict[str, Any], *ours: str) -> None:

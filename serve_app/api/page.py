@@ -43,8 +43,18 @@ _TEMPLATE = files("serve_app.api").joinpath("static/index.html").read_text(encod
 PAGE = render(server_values())
 # Its inline code by hash (the server values are JSON, not code: no hash needed).
 PAGE_CSP = page_csp(PAGE)
-# The package's static folder, found without importing it (its __init__ loads web frameworks).
-_SWAGGER_UI = Path(importlib.util.find_spec("swagger_ui").submodule_search_locations[0]) / "static"
+
+
+def _package_folder(name: str) -> Path:
+    """An installed package's folder, found without importing it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"No package {name} is installed", name=name)
+    return Path(spec.submodule_search_locations[0])
+
+
+# Swagger UI's static folder (importing the package would load its web frameworks).
+_SWAGGER_UI = _package_folder("swagger_ui") / "static"
 _ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon-32x32.png": "image/png"}
 
 page_router = APIRouter(include_in_schema=False)
@@ -65,7 +75,7 @@ async def docs(request: Request) -> HTMLResponse:
         swagger_favicon_url="/docs/assets/favicon-32x32.png",
     )
     # Swagger UI sets inline styles as it renders; its script and data are ours.
-    csp = page_csp(html.body.decode(), img="'self' data:", style="'unsafe-inline' ")
+    csp = page_csp(bytes(html.body).decode(), img="'self' data:", style="'unsafe-inline' ")
     html.headers["Content-Security-Policy"] = csp
     return html
 

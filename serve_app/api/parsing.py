@@ -4,7 +4,7 @@ offending field."""
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import pydantic_core
 from fastapi import Request
@@ -97,7 +97,7 @@ async def parse_form_video_request(headers: Headers, body: bytes) -> tuple[Video
 _FIELD_NAME = re.compile(rf"[A-Za-z0-9_\[\]]{{1,{MAX_NAME_CHARS}}}")
 
 
-async def _once(body: bytes) -> AsyncIterator[bytes]:
+async def _once(body: bytes) -> AsyncGenerator[bytes, None]:
     yield body
 
 

@@ -16,6 +16,7 @@ from serve_app.api.submission import follow_job, submit_job
 from serve_app.common.storage import VIDEO
 from serve_app.common.tasks import spawn
 from serve_app.error_codes import ErrorCode
+from serve_app.handles import JobsDeployment
 from serve_app.messages import JobStatus
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ async def predict(request: Request, state: State, owner: Owner) -> PredictRespon
     if job.status == JobStatus.COMPLETED:
         video = await asyncio.to_thread(state.storage.read, job.id, VIDEO)
         return PredictResponse(video_base64=base64.b64encode(video).decode("ascii"), details=job.details)
-    if job.status == JobStatus.FAILED:
+    if job.status == JobStatus.FAILED and job.error is not None:
         if job.error.code.http_status < 500:  # the request's to change, like a refusal at submission
             raise ServiceError(job.error.message, code=job.error.code)
         request_id = request_id_of(request)
@@ -70,6 +71,6 @@ def _cancel_detached(state: State, owner: str, job_id: str) -> None:
     context (no parent request), that nothing cancels."""
 
     async def cancel() -> None:
-        await state.jobs.cancel.remote(owner, job_id)
+        await state.jobs.call(JobsDeployment.cancel, owner, job_id)
 
     spawn(cancel(), context=contextvars.Context())

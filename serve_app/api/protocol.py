@@ -5,6 +5,7 @@ import unicodedata
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
 from serve_app.limits import (
@@ -24,7 +25,7 @@ from serve_app.limits import (
 from serve_app.messages import SpeedMode, VideoDetails, VideoShape
 
 # What the schema says of a width or height beyond its bounds (checked by `_size_multiple`).
-_SIZE = {"multipleOf": SIZE_MULTIPLE}
+_SIZE: JsonDict = {"multipleOf": SIZE_MULTIPLE}
 # Unicode categories of control characters and lone surrogates.
 _CONTROL = frozenset({"Cc", "Cs"})
 
@@ -188,7 +189,7 @@ def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, A
 
 # Bodies of POST /predict and /v1/videos are parsed by hand (after auth), so FastAPI cannot infer
 # their schema: declare it.
-VIDEO_REQUEST_BODY = {
+VIDEO_REQUEST_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {"application/json": {"schema": VideoRequest.model_json_schema()}},

@@ -6,7 +6,6 @@ import secrets
 from collections.abc import AsyncIterator
 
 from fastapi import Request
-from ray.serve.handle import DeploymentHandle
 
 from serve_app.api.dependencies import IngressState
 from serve_app.api.errors import InvalidRequest, Refused, UnsupportedMediaType
@@ -14,6 +13,7 @@ from serve_app.api.images import ImageLoader
 from serve_app.api.parsing import parse_form_video_request, parse_video_request, read_body
 from serve_app.api.protocol import VideoRequest
 from serve_app.config import SECRET_ENV, webhook_secrets
+from serve_app.handles import Handle, JobsDeployment
 from serve_app.messages import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, Job, Refusal, Submission, VideoDetails
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -43,7 +43,7 @@ async def _submit(request: Request, state: IngressState, owner: str, media_type:
     _check_fits(video_request, state.args.max_video_pixels)
     idempotency_key = _idempotency_key(request)
     # Refused before any image is fetched or decoded: a refused request leaves no trace.
-    if refusal := await state.jobs.admit.remote(owner, idempotency_key, video_request.shape):
+    if refusal := await state.jobs.call(JobsDeployment.admit, owner, idempotency_key, video_request.shape):
         raise Refused(refusal)
     if video_request.webhook_url is not None:
         if not webhook_secrets():
@@ -69,7 +69,7 @@ async def _submit(request: Request, state: IngressState, owner: str, media_type:
         request_hash=hashlib.sha256(video_request.model_dump_json().encode()).hexdigest(),
         webhook_url=video_request.webhook_url,
     )
-    job = await state.jobs.submit.remote(submission)
+    job = await state.jobs.call(JobsDeployment.submit, submission)
     if isinstance(job, Refusal):
         raise Refused(job)
     return job
@@ -89,11 +89,11 @@ async def resolve(
     )
 
 
-async def follow_job(jobs: DeploymentHandle, owner: str, job: Job, idle_s: float) -> AsyncIterator[Job | None]:
+async def follow_job(jobs: Handle[JobsDeployment], owner: str, job: Job, idle_s: float) -> AsyncIterator[Job | None]:
     """Yield the job each time it changes, None after `idle_s` without a change; stop once it has
     finished (or was deleted)."""
     while not job.finished:
-        latest = await jobs.watch.remote(owner, job.id, job, idle_s)
+        latest = await jobs.call(JobsDeployment.watch, owner, job.id, job, idle_s)
         if latest is None:
             return
         if latest == job:

@@ -17,6 +17,7 @@ from serve_app.api.resources import Video, VideoList
 from serve_app.api.submission import FORM, JSON, follow_job, submit_job
 from serve_app.common.storage import THUMBNAIL, VIDEO
 from serve_app.error_codes import ErrorCode
+from serve_app.handles import JobsDeployment
 from serve_app.messages import Job, JobStatus
 
 _ERRORS = error_responses(
@@ -78,7 +79,7 @@ async def list_videos(
     order: Literal["desc", "asc"] = "desc",
 ) -> VideoList:
     """The caller's jobs, newest first unless `order=asc`."""
-    page = await state.jobs.page.remote(owner, after, limit, newest_first=order == "desc")
+    page = await state.jobs.call(JobsDeployment.page, owner, after, limit, newest_first=order == "desc")
     if page is None:
         raise InvalidRequest("after is not one of your jobs.", param="after")
     return VideoList.of(page)
@@ -147,7 +148,7 @@ async def get_video_events(video_id: str, state: State, owner: Owner) -> Streami
 async def cancel_video(video_id: str, state: State, owner: Owner) -> Video:
     """A queued job never runs; a running one stops at its next denoising step. A finished job is
     returned as it is."""
-    job = await state.jobs.cancel.remote(owner, video_id)
+    job = await state.jobs.call(JobsDeployment.cancel, owner, video_id)
     if job is None:
         raise _not_found(video_id)
     return Video.of(job)
@@ -156,13 +157,13 @@ async def cancel_video(video_id: str, state: State, owner: Owner) -> Video:
 @videos_router.delete("/{video_id}", response_model=JobDeleted)
 async def delete_video(video_id: str, state: State, owner: Owner) -> JobDeleted:
     """Cancel the job if it has not finished, then delete it and its files."""
-    if not await state.jobs.delete.remote(owner, video_id):
+    if not await state.jobs.call(JobsDeployment.delete, owner, video_id):
         raise _not_found(video_id)
     return JobDeleted(id=video_id)
 
 
 async def _job(state: State, owner: str, video_id: str) -> Job:
-    job = await state.jobs.get.remote(owner, video_id)
+    job = await state.jobs.call(JobsDeployment.get, owner, video_id)
     if job is None:
         raise _not_found(video_id)
     return job

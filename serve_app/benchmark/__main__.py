@@ -27,6 +27,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -61,7 +62,7 @@ def app_args(opts: argparse.Namespace) -> AppArgs:
     return AppArgs(model=opts.model, device=opts.device, cache_dir=BENCHMARK_CACHE, **overrides)
 
 
-def measure(opts: argparse.Namespace, args: AppArgs) -> dict:
+def measure(opts: argparse.Namespace, args: AppArgs) -> dict[str, Any]:
     width, height = (int(side) for side in opts.size.split("x"))
     started = time.perf_counter()
     model = build(args, opts.random_weights)
@@ -111,7 +112,7 @@ def measure(opts: argparse.Namespace, args: AppArgs) -> dict:
     }
 
 
-def plan(opts: argparse.Namespace, args: AppArgs) -> dict:
+def plan(opts: argparse.Namespace, args: AppArgs) -> dict[str, Any]:
     """The memory plan a replica with `--gpu-gib` GiB free would choose, from the full-size
     modules traced on the meta device."""
     width, height = (int(side) for side in opts.size.split("x"))
@@ -151,7 +152,7 @@ def table(rows: list[tuple[str, object]]) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
-def measured_table(figures: dict) -> str:
+def measured_table(figures: dict[str, Any]) -> str:
     options = ", ".join(f"{k}={v}" for k, v in figures["options"].items()) + f", speed_mode={figures['speed_mode']}"
     memory = f"{figures['peak_gpu_memory_gib']} GiB" if figures["peak_gpu_memory_gib"] else "n/a"
     return table([
@@ -176,7 +177,7 @@ def measured_table(figures: dict) -> str:
     ])  # fmt: skip
 
 
-def plan_table(figures: dict) -> str:
+def plan_table(figures: dict[str, Any]) -> str:
     rows = [
         ("video", f"{figures['size']}, with guidance and a reference image"),
         ("GPU memory", f"{figures['gpu_gib_free']} GiB free, {figures['usable_gib']} GiB usable"),

@@ -16,6 +16,7 @@ import argparse
 import json
 import tempfile
 import time
+from typing import Any
 
 import httpx
 
@@ -37,7 +38,7 @@ AUTOSCALING = {
 }
 
 
-def run(gpu_nodes: int, jobs: int) -> dict:
+def run(gpu_nodes: int, jobs: int) -> dict[str, Any]:
     import ray
 
     with tempfile.TemporaryDirectory(prefix="wan-autoscaling-") as data_dir:
@@ -50,7 +51,7 @@ def run(gpu_nodes: int, jobs: int) -> dict:
             return figures
 
 
-def _scenario(url: str, gpu_nodes: int, jobs: int) -> dict:
+def _scenario(url: str, gpu_nodes: int, jobs: int) -> dict[str, Any]:
     api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
     idle = generator_replicas().get("RUNNING", 0)
     started = time.monotonic()
@@ -80,7 +81,7 @@ def _scenario(url: str, gpu_nodes: int, jobs: int) -> dict:
         "gpu_nodes": gpu_nodes,
         "jobs": jobs,
         "replicas_before": idle,
-        "cold_start_s": round(first, 1),
+        "cold_start_s": round(first, 1) if first is not None else None,
         "full_scale_s": round(full, 1) if full is not None else None,
         "most_replicas_running": most_running,
         "replica_states_seen": sorted(states_seen),

@@ -36,6 +36,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -53,7 +54,7 @@ from serve_app.benchmark.measure import (
     transformer_flops,
 )
 from serve_app.capacity import GiB
-from serve_app.config import AppArgs
+from serve_app.config import AppArgs, CompileMode
 from serve_app.engine.errors import VideoTooLarge
 from serve_app.engine.model import (
     LoadedModel,
@@ -82,9 +83,9 @@ class Check:
         self.deadline = time.monotonic() + budget_s
         self.skip = set(skip)
         self.only = set(only)
-        self.figures: dict = {"started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+        self.figures: dict[str, Any] = {"started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
-    def section(self, name: str, estimate_s: float, run: Callable[[], dict]) -> None:
+    def section(self, name: str, estimate_s: float, run: Callable[[], dict[str, Any]]) -> None:
         """Run a section if its estimated time fits what is left; record its figures or its error."""
         left = self.deadline - time.monotonic()
         if name in self.skip:
@@ -115,9 +116,9 @@ def run_check(opts: argparse.Namespace) -> Path:
         raise ValueError("--gpu-gib plans the random full-size weights only")
     model = build(args, random_weights, free_bytes=free if random_weights else None)
     runner = PipelineRunner(model)
-    gpu = runner.description["device"]
+    gpu = str(runner.description["device"])
     cap = f"-{opts.gpu_gib:g}gib" if opts.gpu_gib else ""
-    path = opts.out / f"{_slug(gpu)}{cap}-{datetime.date.today().isoformat()}.json"
+    path: Path = opts.out / f"{_slug(gpu)}{cap}-{datetime.date.today().isoformat()}.json"
     opts.out.mkdir(parents=True, exist_ok=True)
     check = Check(path, opts.budget_s - (time.monotonic() - started), opts.skip, opts.only)
     check.figures.update({
@@ -133,6 +134,7 @@ def run_check(opts: argparse.Namespace) -> Path:
     })  # fmt: skip
     if device.type == "cuda":
         check.figures["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / GiB, 1)
+    if free is not None:  # on a GPU
         check.figures["planned_free_gib"] = round(free / GiB, 1)
     if opts.gpu_gib:
         # The class the run stands for, in the GPU table; its speed is not that class's.
@@ -144,7 +146,7 @@ def run_check(opts: argparse.Namespace) -> Path:
     matmul_peak = matmul_peak_tflops(device)
     reference: dict[str, torch.Tensor] = {}
 
-    def default() -> dict:
+    def default() -> dict[str, Any]:
         warm = clock(device)
         runner.warm_up(opts.size)
         warmup_s = clock(device) - warm
@@ -167,14 +169,14 @@ def run_check(opts: argparse.Namespace) -> Path:
             "seconds_per_job": _extrapolated(timings, step_s),
         }
 
-    def sequential_guidance() -> dict:
+    def sequential_guidance() -> dict[str, Any]:
         plain = PipelineRunner(dataclasses.replace(model, guidance=None))
         step_s, latents = timed_denoising(plain, generation)
         return {"step_s": round(step_s, 4), **_difference(latents, reference)}
 
-    def attention() -> dict:
+    def attention() -> dict[str, Any]:
         chosen = model.options["attention_backend"]
-        figures = {}
+        figures: dict[str, dict[str, Any]] = {}
         for name in ATTENTION_BACKENDS:
             try:
                 set_first_working_backend(model.t2v.transformer, (name,), device)
@@ -185,7 +187,7 @@ def run_check(opts: argparse.Namespace) -> Path:
         set_first_working_backend(model.t2v.transformer, (chosen,), device)
         return figures
 
-    def fast_mode() -> dict:
+    def fast_mode() -> dict[str, Any]:
         last_block = model.t2v.transformer.blocks[-1]
         calls = [0]
         handle = last_block.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
@@ -204,9 +206,9 @@ def run_check(opts: argparse.Namespace) -> Path:
             **_difference(fast, {"latents": quality}),
         }
 
-    def vae_tiling() -> dict:
+    def vae_tiling() -> dict[str, Any]:
         vae = model.t2v.vae
-        figures = {}
+        figures: dict[str, Any] = {}
         with torch.inference_mode():
             for tiled in (False, True):
                 set_vae_tiling(vae, tiled)
@@ -222,7 +224,7 @@ def run_check(opts: argparse.Namespace) -> Path:
         figures["mean_level_difference"] = round(difference.mean().item(), 3)
         return figures
 
-    def text_encoder() -> dict:
+    def text_encoder() -> dict[str, Any]:
         encoder = model.t2v.text_encoder
         home = next(encoder.parameters()).device
         figures = {}
@@ -240,7 +242,7 @@ def run_check(opts: argparse.Namespace) -> Path:
             encoder.to(home)
         return figures
 
-    def memory_model() -> dict:
+    def memory_model() -> dict[str, Any]:
         """Each size's measured peak beside the prediction; or the plan's refusal, or the GPU's
         out-of-memory error (after which the replica, like this, empties the cache and goes on)."""
         figures = {}
@@ -267,7 +269,7 @@ def run_check(opts: argparse.Namespace) -> Path:
             }
         return figures
 
-    def prepared(mode: str) -> LoadedModel:
+    def prepared(mode: CompileMode) -> LoadedModel:
         """The same weights, prepared again as a replica with `compile: mode` and this plan would be."""
         remove_speedups(model.t2v.transformer)
         plan = model.plan
@@ -277,8 +279,8 @@ def run_check(opts: argparse.Namespace) -> Path:
         )  # fmt: skip
         return prepare_model(model.name, model.t2v, device, options, free)
 
-    def compiled(mode: str) -> Callable[[], dict]:
-        def run() -> dict:
+    def compiled(mode: CompileMode) -> Callable[[], dict[str, Any]]:
+        def run() -> dict[str, Any]:
             nonlocal model, runner
             try:
                 compiled_runner = PipelineRunner(prepared(mode))
@@ -325,7 +327,7 @@ def planned_free_bytes(device: torch.device, gpu_gib: float | None) -> int | Non
     return int(gpu_gib * GiB)
 
 
-def _extrapolated(timings: dict, step_s: float) -> dict[str, float]:
+def _extrapolated(timings: dict[str, Any], step_s: float) -> dict[str, float]:
     """Seconds a whole job takes at the guide's step counts: the fixed stages plus steps x step_s."""
     fixed = timings["text_encoding_s"] + timings["decoding_s"] + timings["transfer_s"] + timings["encoding_s"]
     return {str(steps): round(fixed + steps * step_s, 1) for steps in (20, 30, 50, 100)}

@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from serve_app.deployments import APP, GENERATOR, GPUS_PER_GENERATOR, INGRESS, replica_states
 
@@ -18,10 +19,11 @@ LOOPBACK = "127.0.0.1"
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
-def cluster_config(port: int, args: dict, autoscaling: dict) -> dict:
+def cluster_config(port: int, args: dict[str, Any], autoscaling: dict[str, Any]) -> dict[str, Any]:
     """A Serve config of the app whose generator asks for one GPU a replica and autoscales."""
     return {
         "proxy_location": "HeadOnly",
@@ -47,7 +49,7 @@ def cluster_config(port: int, args: dict, autoscaling: dict) -> dict:
     }
 
 
-def deploy_config(config: dict, ready_within_s: float | None = 120) -> str:
+def deploy_config(config: dict[str, Any], ready_within_s: float | None = 120) -> str:
     """Deploy a Serve config on the connected Ray cluster the way `serve run CONFIG` does, and
     return its URL once `/readyz` says ready (None: at once, for generators that scale from zero)."""
     import httpx
@@ -70,7 +72,7 @@ def deploy_config(config: dict, ready_within_s: float | None = 120) -> str:
 
 
 @contextmanager
-def serve_on_gpu_cluster(gpu_nodes: int, config: dict, api_key: str) -> Iterator[str]:
+def serve_on_gpu_cluster(gpu_nodes: int, config: dict[str, Any], api_key: str) -> Iterator[str]:
     """Start the cluster, deploy `config` and yield its base URL; shut everything down after."""
     import ray
     from ray import serve

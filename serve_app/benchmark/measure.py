@@ -6,6 +6,7 @@ import collections
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -44,7 +45,7 @@ def build(args: AppArgs, random_weights: bool, free_bytes: int | None = None) ->
     return load_model(args.model, device, args.cache_dir, options)
 
 
-def request(width: int, height: int, frames: int, steps: int, **fields) -> GenerationRequest:
+def request(width: int, height: int, frames: int, steps: int, **fields: Any) -> GenerationRequest:
     return GenerationRequest(
         prompt="a red fox running through fresh snow, cinematic", negative_prompt=DEFAULT_NEGATIVE_PROMPT,
         width=width, height=height, num_frames=frames, num_inference_steps=steps, guidance_scale=5.0, fps=24,
@@ -64,7 +65,7 @@ def dtypes(model: LoadedModel) -> dict[str, dict[str, int]]:
     }
 
 
-def transformer_flops(config: dict, width: int, height: int, frames: int, batch: int = 1) -> int:
+def transformer_flops(config: dict[str, Any], width: int, height: int, frames: int, batch: int = 1) -> int:
     """FLOPs of one transformer call, counted on a meta-device copy (shapes only, no memory, no
     time), with PyTorch's reference attention so that the counter sees its matrix products."""
     from diffusers import WanTransformer3DModel

@@ -10,11 +10,14 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
 THREADS = "2"
+T = TypeVar("T")
 
 
 def main() -> None:
@@ -85,7 +88,7 @@ def main() -> None:
     print(f"  same video bytes      : {local_video == served_video}")
 
 
-def _timed(call) -> tuple[float, object]:
+def _timed(call: Callable[[], T]) -> tuple[float, T]:
     started = time.perf_counter()
     result = call()
     return time.perf_counter() - started, result

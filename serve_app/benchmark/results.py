@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -28,10 +29,10 @@ def gpu_class(memory_gib: float) -> str:
     return next(name for name, limit in CLASSES.items() if memory_gib <= limit)
 
 
-def newest_by_class(folder: Path = RESULTS) -> dict[str, tuple[str, dict]]:
+def newest_by_class(folder: Path = RESULTS) -> dict[str, tuple[str, dict[str, Any]]]:
     """The newest run of each GPU class: (file name, figures). A run on a card of the class comes
     before one on a larger card capped to its memory (`--gpu-gib`); then the newest by start time."""
-    runs: dict[str, tuple[str, dict]] = {}
+    runs: dict[str, tuple[str, dict[str, Any]]] = {}
     for path in sorted(folder.glob("*.json")):
         figures = json.loads(path.read_text())
         if "gpu_memory_gib" not in figures:  # a CPU run of the check
@@ -42,11 +43,11 @@ def newest_by_class(folder: Path = RESULTS) -> dict[str, tuple[str, dict]]:
     return runs
 
 
-def _rank(figures: dict) -> tuple[bool, str]:
+def _rank(figures: dict[str, Any]) -> tuple[bool, str]:
     return "gpu_gib_cap" not in figures, figures["started"]
 
 
-def row(name: str, run: tuple[str, dict] | None) -> str:
+def row(name: str, run: tuple[str, dict[str, Any]] | None) -> str:
     if run is None:
         return f"| {name} | not measured | not measured | not measured | not measured | not measured | not measured | |"
     file, figures = run

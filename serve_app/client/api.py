@@ -58,7 +58,7 @@ class WanClient:
 
     # The API.
 
-    def predict(self, prompt: str, *, image: str | Path | None = None, **params: Any) -> tuple[bytes, dict]:
+    def predict(self, prompt: str, *, image: str | Path | None = None, **params: Any) -> tuple[bytes, dict[str, Any]]:
         """The synchronous call of the hosted API: the MP4 bytes and the `details`."""
         body = self._body(prompt, image, params)
         response = self._request("POST", "/predict", json=body, timeout=httpx.Timeout(30.0, read=None))
@@ -150,7 +150,7 @@ def _retry_delay(response: httpx.Response, attempt: int) -> float:
     retry_after = response.headers.get("retry-after", "")
     if retry_after.isascii() and retry_after.isdecimal() and len(retry_after) <= 6:
         return min(float(retry_after), 300.0)
-    return min(0.5 * 2**attempt, 30.0)
+    return min(0.5 * 2.0**attempt, 30.0)
 
 
 def _error(response: httpx.Response) -> WanError:

@@ -8,7 +8,7 @@ from serve_app.messages import Job, JobStatus, JobTimings, StageTimings
 
 SECONDS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 180, 300, 420, 600, 900, 1200, 1800]
 STEPS_PER_SECOND = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]
-BYTES = [2**30 * gib for gib in (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 64, 80, 96, 141)]
+BYTES: list[float] = [2**30 * gib for gib in (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 64, 80, 96, 141)]
 
 
 class RequestMetrics:
@@ -18,7 +18,7 @@ class RequestMetrics:
         self.requests = Counter(
             "wan_http_requests",
             description="HTTP requests by route and status.",
-            tag_keys=("route", "method", "status"),
+            tag_keys=("route", "method", "status"),  # type: ignore[arg-type]  # ray annotates it as a 1-tuple
         )
 
     def request(self, route: str, method: str, status: int) -> None:

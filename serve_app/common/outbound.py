@@ -10,7 +10,8 @@ import ipaddress
 import logging
 import socket
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -99,7 +100,7 @@ class _Resolver:
             raise socket.gaierror(socket.EAI_AGAIN, "timed out") from None
         return [ipaddress.ip_address(info[4][0]) for info in infos]
 
-    def _done(self, _) -> None:
+    def _done(self, _: Future[Any]) -> None:
         with self._lock:
             self._busy -= 1
 
@@ -155,7 +156,7 @@ class OutboundPolicy:
 
 
 def pinned_request(
-    client: httpx.AsyncClient, method: str, url: str, host: str, address: IpAddress, **kwargs
+    client: httpx.AsyncClient, method: str, url: str, host: str, address: IpAddress, **kwargs: Any
 ) -> httpx.Request:
     """A request to `url` that connects to `address`, with the (IDNA-encoded) host as its Host
     header and TLS name."""

@@ -33,16 +33,18 @@ class ResultStorage:
             self._fs.mv(partial, self._path(job_id, name))
 
     def exists(self, job_id: str, name: str) -> bool:
-        return self._fs.exists(self._path(job_id, name))
+        return bool(self._fs.exists(self._path(job_id, name)))
 
     def size(self, job_id: str, name: str) -> int:
-        return self._fs.size(self._path(job_id, name))
+        return int(self._fs.size(self._path(job_id, name)))
 
     def open(self, job_id: str, name: str) -> BinaryIO:
-        return self._fs.open(self._path(job_id, name), "rb")
+        stream: BinaryIO = self._fs.open(self._path(job_id, name), "rb")
+        return stream
 
     def read(self, job_id: str, name: str) -> bytes:
-        return self._fs.cat_file(self._path(job_id, name))
+        data: bytes = self._fs.cat_file(self._path(job_id, name))
+        return data
 
     def delete_file(self, job_id: str, name: str) -> None:
         if self._fs.exists(self._path(job_id, name)):

@@ -4,11 +4,16 @@ weakly, and would otherwise drop one mid-way."""
 import asyncio
 import contextvars
 from collections.abc import Coroutine
+from typing import Any, TypeVar
 
-_running: set[asyncio.Task] = set()
+T = TypeVar("T")
+
+_running: set[asyncio.Task[Any]] = set()
 
 
-def spawn(work: Coroutine, name: str | None = None, context: contextvars.Context | None = None) -> asyncio.Task:
+def spawn(
+    work: Coroutine[Any, Any, T], name: str | None = None, context: contextvars.Context | None = None
+) -> asyncio.Task[T]:
     task = asyncio.get_running_loop().create_task(work, name=name, context=context)
     _running.add(task)
     task.add_done_callback(_running.discard)

@@ -8,11 +8,15 @@ missing weight file is reported as missing `.bin` files."""
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import huggingface_hub
 from huggingface_hub.file_download import repo_folder_name
 
 from serve_app.engine.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 CONFIGS = (
     "model_index.json",
@@ -81,7 +85,7 @@ def missing_files(folder: Path) -> list[str]:
     return missing
 
 
-def check_tokenizer(tokenizer, vocab_size: int) -> None:
+def check_tokenizer(tokenizer: "PreTrainedTokenizerBase", vocab_size: int) -> None:
     """Raise ModelLoadError unless `tokenizer` fills a text encoder of `vocab_size` embeddings (but
     its padding) and encodes KNOWN_TEXT into known tokens of it that decode back to the text."""
     size = len(tokenizer)

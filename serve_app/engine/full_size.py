@@ -5,8 +5,15 @@ the weights' values: the benchmark and the memory model use it, no download need
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
+
+from serve_app.engine.tokenizer import build_tokenizer
+
+if TYPE_CHECKING:
+    from diffusers import ModelMixin, UniPCMultistepScheduler, WanPipeline
+    from transformers import PreTrainedModel
 
 TRANSFORMER_CONFIG = {
     "patch_size": (1, 2, 2),
@@ -56,15 +63,13 @@ TEXT_ENCODER_CONFIG = {
 }
 
 
-def full_size_pipeline(device: torch.device, dtype: torch.dtype):
+def full_size_pipeline(device: torch.device, dtype: torch.dtype) -> "WanPipeline":
     """The pipeline with random weights, created directly on `device` in the dtypes that
     `from_pretrained(dtype=dtype)` gives: `dtype` for the transformer and the text encoder but their
     `_keep_in_fp32_modules`, float32 for the VAE. Created in `dtype` straight: never a float32
     copy of all (42.4 GiB for 22.5 GiB in bf16)."""
     from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
-
-    from serve_app.engine.tiny import build_tokenizer
 
     with torch.device(device):
         with default_dtype(dtype):
@@ -94,7 +99,7 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def wan_scheduler():
+def wan_scheduler() -> "UniPCMultistepScheduler":
     """The checkpoint's scheduler (scheduler/scheduler_config.json): UniPC on flow sigmas, shift 5."""
     from diffusers import UniPCMultistepScheduler
 
@@ -103,7 +108,7 @@ def wan_scheduler():
     )
 
 
-def cast_like_from_pretrained(module: torch.nn.Module, dtype: torch.dtype) -> None:
+def cast_like_from_pretrained(module: "ModelMixin | PreTrainedModel", dtype: torch.dtype) -> None:
     """Cast to `dtype`, but keep in float32 what from_pretrained keeps there: a diffusers model's
     `_keep_in_fp32_modules`; a transformers model's `_keep_in_fp32_modules_strict` (and, for
     float16 only, its `_keep_in_fp32_modules`)."""

@@ -77,7 +77,9 @@ class Generator:
             if deadline is not None:
                 deadline.cancel()
 
-    def _outcome(self, work: asyncio.Future, request: GenerationRequest) -> GenerationResult | GenerationFailure:
+    def _outcome(
+        self, work: asyncio.Future[GenerationResult], request: GenerationRequest
+    ) -> GenerationResult | GenerationFailure:
         try:
             return work.result()
         except VideoTooLarge as exc:

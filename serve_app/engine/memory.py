@@ -12,6 +12,7 @@ import contextlib
 import functools
 import weakref
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import attention_backend
@@ -19,6 +20,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from serve_app.capacity import PLANS, Capacity, Plan, Stage, StageFit
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKLWan, ModelMixin, WanTransformer3DModel
+    from transformers import PreTrainedModel, UMT5EncoderModel
 
 TEXT_TOKENS = 512  # prompts are padded to it (pipeline.MAX_SEQUENCE_LENGTH)
 # Latent-sized float32 tensors the pipeline itself holds while denoising: the latents, the two
@@ -35,12 +40,18 @@ class LiveBytes(TorchDispatchMode):
     live, and keeps the peak. Views and in-place results share an input's storage: not new."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
         self.live: dict[int, int] = {}
         self.current = 0
         self.peak = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(
+        self,
+        func: Callable[..., Any],
+        types: tuple[type, ...],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         out = func(*args, **(kwargs or {}))
         inputs = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
         for tensor in tree_leaves(out):
@@ -62,13 +73,23 @@ class LiveBytes(TorchDispatchMode):
         self.current -= self.live.pop(key)
 
 
-def _efficient_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
+def _efficient_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,  # the models' heads are not grouped
+) -> torch.Tensor:
     # Memory-efficient attention, as the GPU's kernels (flash, cuDNN, efficient) run it: the meta
     # device would otherwise take PyTorch's reference path and hold every attention matrix.
     compute_log_sumexp = False
-    return torch.ops.aten._scaled_dot_product_efficient_attention(
+    output: torch.Tensor = torch.ops.aten._scaled_dot_product_efficient_attention(
         query, key, value, attn_mask, compute_log_sumexp, dropout_p, is_causal, scale=scale
     )[0]
+    return output
 
 
 @contextlib.contextmanager
@@ -94,7 +115,7 @@ def peak_bytes(stage: Callable[[], object]) -> int:
     return counter.peak
 
 
-def meta_copy(module: torch.nn.Module, **config: object) -> torch.nn.Module:
+def meta_copy(module: "ModelMixin | PreTrainedModel", **config: object) -> "ModelMixin | PreTrainedModel":
     """The same model on the meta device (with `config` changed), with each parameter and buffer in
     the original's dtype."""
     with torch.device("meta"):
@@ -141,11 +162,11 @@ class MemoryTracer:
 
     def __init__(
         self,
-        text_encoder: torch.nn.Module,
-        transformer: torch.nn.Module,
-        vae: torch.nn.Module,
-        decode: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor],
-        tiling: Callable[[torch.nn.Module, bool], None],
+        text_encoder: "UMT5EncoderModel",
+        transformer: "WanTransformer3DModel",
+        vae: "AutoencoderKLWan",
+        decode: Callable[["AutoencoderKLWan", torch.Tensor], torch.Tensor],
+        tiling: Callable[["AutoencoderKLWan", bool], None],
         target: tuple[int, int],
     ) -> None:
         # Two layers of each stack: without gradients a layer frees its activations before the next
@@ -176,7 +197,7 @@ class MemoryTracer:
     @functools.cached_property
     def image_encoding(self) -> StageFit:
         def stage(width: int, height: int, _: int) -> int:
-            def run():
+            def run() -> object:
                 image = torch.empty(1, 3, 1, height, width, device="meta", dtype=self.vae.dtype)
                 return self.vae.encode(image).latent_dist.mode()
 
@@ -187,7 +208,7 @@ class MemoryTracer:
     @functools.cache  # noqa: B019 (one tracer a replica, kept for its life)
     def denoising(self, batch: int) -> StageFit:
         def stage(width: int, height: int, frames: int) -> int:
-            def run():
+            def run() -> object:
                 shape = self._latent_shape(width, height, frames)
                 _pipeline_latents = [torch.empty(shape, device="meta") for _ in range(PIPELINE_LATENTS)]
                 tokens = shape[2] * shape[3] * shape[4] // 4  # the transformer patches 1x2x2
@@ -255,12 +276,15 @@ class MemoryTracer:
 
     @property
     def _text_dim(self) -> int:
-        return self.transformer.config.text_dim
+        text_dim: int = self.transformer.config.text_dim
+        return text_dim
 
     def _latent_shape(self, width: int, height: int, frames: int) -> tuple[int, ...]:
         config = self.vae.config
-        spatial, temporal = config.scale_factor_spatial, config.scale_factor_temporal
-        return (1, config.z_dim, (frames - 1) // temporal + 1, height // spatial, width // spatial)
+        channels: int = config.z_dim
+        spatial: int = config.scale_factor_spatial
+        temporal: int = config.scale_factor_temporal
+        return (1, channels, (frames - 1) // temporal + 1, height // spatial, width // spatial)
 
 
 def choose_plan(

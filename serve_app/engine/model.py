@@ -5,12 +5,13 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanPipeline
 
-from serve_app.capacity import PLANS, Capacity, Plan
-from serve_app.config import PipelineOptions
+from serve_app.capacity import PLANS, Capacity, MemoryMode, Plan
+from serve_app.config import CompileMode, PipelineOptions
 from serve_app.engine.checkpoint import check_files, check_tokenizer
 from serve_app.engine.errors import ModelLoadError
 from serve_app.engine.memory import MemoryTracer, choose_plan
@@ -41,6 +42,17 @@ _WHAT_TO_DO = (
 )
 
 
+class ResolvedOptions(TypedDict):
+    """The options as resolved on a replica (no `auto` left), reported with every job."""
+
+    dtype: str
+    memory_mode: MemoryMode
+    vae_tiling: bool
+    attention_backend: str
+    compile: CompileMode
+    cfg_batch: bool
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     name: str
@@ -48,8 +60,7 @@ class LoadedModel:
     t2v: WanPipeline
     i2v: WanImageToVideoPipeline
     plan: Plan
-    # The options as resolved on this replica (no `auto` left), reported with every job.
-    options: dict
+    options: ResolvedOptions
     guidance: BatchedGuidance | None = None
     # What this replica's GPU memory allows; None on a CPU, which has no such limit to plan for.
     capacity: Capacity | None = None
@@ -151,7 +162,7 @@ def prepare_model(
         expand_timesteps=True,
     )
     i2v.set_progress_bar_config(disable=True)
-    resolved = {
+    resolved: ResolvedOptions = {
         "dtype": str(t2v.transformer.dtype).removeprefix("torch."),
         "memory_mode": plan.memory_mode,
         "vae_tiling": plan.vae_tiling,
@@ -214,13 +225,13 @@ def usable_bytes(free: int) -> int:
     return int(free * (1 - MEMORY_HEADROOM))
 
 
-def decode_to_uint8(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+def decode_to_uint8(vae: AutoencoderKLWan, latents: torch.Tensor) -> torch.Tensor:
     """Denormalise and decode latents to (frames, height, width, 3) uint8, on the VAE's device: the
     host never holds a float copy of the video, and receives one byte a channel."""
     shape = (1, vae.config.z_dim, 1, 1, 1)
     mean = torch.tensor(vae.config.latents_mean, device=latents.device, dtype=vae.dtype).view(shape)
     std = torch.tensor(vae.config.latents_std, device=latents.device, dtype=vae.dtype).view(shape)
-    video = vae.decode(latents.to(vae.dtype) * std + mean, return_dict=False)[0]
+    video: torch.Tensor = vae.decode(latents.to(vae.dtype) * std + mean, return_dict=False)[0]
     # (1, 3, frames, height, width) in [-1, 1] -> (frames, height, width, 3) uint8, in place.
     video = video[0].clamp_(-1, 1).add_(1).mul_(127.5).round_().to(torch.uint8)
     return video.permute(1, 2, 3, 0).contiguous()

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -19,12 +20,19 @@ from serve_app.engine.speedups import step_cache
 from serve_app.engine.video import encode_jpeg, encode_mp4
 from serve_app.messages import GenerationRequest, GenerationResult, Progress, StageTimings
 
+if TYPE_CHECKING:
+    from diffusers import WanPipeline
+
 logger = logging.getLogger(__name__)
 
 # Wan2.2 was trained with prompts of up to 512 tokens.
 MAX_SEQUENCE_LENGTH = 512
 
 Report = Callable[[Progress], None]
+# diffusers' `callback_on_step_end`: (pipeline, step index, timestep, tensors) -> tensors.
+StepEnd = Callable[["WanPipeline", int, torch.Tensor, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+# What a warm-up request changes of the warm-up's own (`GenerationRequest.model_copy(update=...)`).
+WarmUpChange = dict[str, float | str | bytes]
 
 
 def _png(size: tuple[int, int]) -> bytes:
@@ -34,13 +42,13 @@ def _png(size: tuple[int, int]) -> bytes:
 
 
 # A reference image for the warm-up (the pipeline resizes it to the video's size).
-WARM_UP_IMAGE = {"image_png": _png((64, 64))}
+WARM_UP_IMAGE: WarmUpChange = {"image_png": _png((64, 64))}
 # The denoising graphs a request can take besides the warm-up's own (guidance in a batch of two,
 # quality mode, no image), by compile mode: guidance off is a batch of one; with `full`, a
 # reference image too (the text+image pipeline passes `encoder_hidden_states_image=None`, another
 # guard of the whole graph); `regional` also compiles the blocks that fast mode's step cache wraps
 # (`full` runs fast generations eagerly).
-WARM_UP_VARIANTS: dict[str, tuple[dict, ...]] = {
+WARM_UP_VARIANTS: dict[str, tuple[WarmUpChange, ...]] = {
     "off": (),
     "full": ({"guidance_scale": 1.0}, WARM_UP_IMAGE, {**WARM_UP_IMAGE, "guidance_scale": 1.0}),
     "regional": ({"guidance_scale": 1.0}, {"speed_mode": "fast"}, {"guidance_scale": 1.0, "speed_mode": "fast"}),
@@ -104,7 +112,9 @@ class PipelineRunner:
         cancel = cancel or threading.Event()
         self._check_fits(request)
 
-        def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        def on_step_end(
+            pipe: "WanPipeline", step: int, timestep: torch.Tensor, callback_kwargs: dict[str, torch.Tensor]
+        ) -> dict[str, torch.Tensor]:
             if cancel.is_set():
                 raise GenerationCancelled
             report(Progress(step=step + 1, total=pipe.num_timesteps))
@@ -170,7 +180,7 @@ class PipelineRunner:
         return Prompts(positive=positive.to(dtype), negative=negative.to(dtype) if use_cfg else None)
 
     def denoise(
-        self, request: GenerationRequest, prompts: Prompts, on_step_end: Callable | None = None
+        self, request: GenerationRequest, prompts: Prompts, on_step_end: StepEnd | None = None
     ) -> torch.Tensor:
         """The denoised latents: the pipeline stops there, so that decoding is ours to time and to
         keep compact."""
@@ -181,7 +191,7 @@ class PipelineRunner:
         pipe = model.i2v if request.image_png is not None else model.t2v
         guidance = model.guidance.guiding(prompts.negative) if model.guidance is not None else nullcontext()
         with guidance, step_cache(pipe.transformer, request.speed_mode, model.options["compile"]):
-            return pipe(
+            latents: torch.Tensor = pipe(
                 prompt_embeds=prompts.positive,
                 negative_prompt_embeds=prompts.negative,
                 height=request.height,
@@ -195,6 +205,7 @@ class PipelineRunner:
                 callback_on_step_end=on_step_end,
                 **image_kwargs,
             )[0]
+        return latents
 
     @contextmanager
     def _text_encoder_on_gpu(self) -> Iterator[None]:

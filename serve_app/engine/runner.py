@@ -13,17 +13,20 @@ from serve_app.messages import GenerationRequest, GenerationResult, Progress
 
 class Runner(Protocol):
     on_gpu: bool
-    description: dict  # how it runs: model, device, dtype, plan, options; reported with every job
+    description: dict[str, object]  # how it runs: model, device, dtype, plan, options; reported with every job
     capacity: Capacity | None  # what its GPU memory allows; None where memory is no limit
 
     def warm_up(self, size: str) -> None:
         """Pay one-time costs (kernel selection, compilation) before the first job."""
 
     def run(
-        self, request: GenerationRequest, report: Callable[[Progress], None], cancel: threading.Event
+        self,
+        request: GenerationRequest,
+        report: Callable[[Progress], None] = ...,
+        cancel: threading.Event | None = None,
     ) -> GenerationResult:
-        """Generate one video in the calling thread, reporting each step; `cancel` stops it at the
-        end of the current step (raising GenerationCancelled)."""
+        """Generate one video in the calling thread, reporting each step (by default to no one);
+        `cancel` stops it at the end of the current step (raising GenerationCancelled)."""
 
 
 def make_runner(args: AppArgs) -> Runner:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from serve_app.capacity import Capacity
 from serve_app.engine.errors import GenerationCancelled
 from serve_app.engine.video import encode_jpeg, encode_mp4
 from serve_app.messages import GenerationRequest, GenerationResult, Progress, StageTimings
@@ -47,7 +48,7 @@ class SimulatedRunner:
     """A `Runner`; `time_scale` turns the L40's minutes into seconds."""
 
     on_gpu = False
-    capacity = None
+    capacity: Capacity | None = None  # the simulated GPUs hold any video
 
     def __init__(self, time_scale: float) -> None:
         self.time_scale = time_scale

@@ -15,9 +15,10 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from types import MethodType
+from typing import Any
 
 import torch
-from diffusers import FirstBlockCacheConfig, WanPipeline
+from diffusers import AutoencoderKLWan, FirstBlockCacheConfig, WanPipeline, WanTransformer3DModel
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
@@ -42,7 +43,7 @@ class AttentionUnavailable(RuntimeError):
     """A named attention backend does not run here."""
 
 
-def choose_attention_backend(transformer: torch.nn.Module, requested: str, device: torch.device) -> str:
+def choose_attention_backend(transformer: WanTransformer3DModel, requested: str, device: torch.device) -> str:
     """Set the attention backend on every attention of `transformer` and return its name.
 
     `auto` tries AUTO_ATTENTION on a GPU (only `native` on a CPU) and keeps the first that diffusers
@@ -54,8 +55,10 @@ def choose_attention_backend(transformer: torch.nn.Module, requested: str, devic
     return set_first_working_backend(transformer, candidates, device)
 
 
-def set_first_working_backend(transformer: torch.nn.Module, candidates: tuple[str, ...], device: torch.device) -> str:
-    reasons = []
+def set_first_working_backend(
+    transformer: WanTransformer3DModel, candidates: tuple[str, ...], device: torch.device
+) -> str:
+    reasons: list[str] = []
     for name in candidates:
         try:
             transformer.set_attention_backend(name)  # diffusers checks the package and its version
@@ -69,7 +72,7 @@ def set_first_working_backend(transformer: torch.nn.Module, candidates: tuple[st
     raise AttentionUnavailable("No attention backend works here: " + "; ".join(reasons))
 
 
-def _first_call(transformer: torch.nn.Module, name: str, device: torch.device) -> None:
+def _first_call(transformer: WanTransformer3DModel, name: str, device: torch.device) -> None:
     """One small attention call in the transformer's dtype and head size, as its layers make them."""
     config = transformer.config
     shape = (1, 64, config.num_attention_heads, config.attention_head_dim)
@@ -95,7 +98,7 @@ def place(pipe: WanPipeline, plan: Plan, device: torch.device) -> None:
     set_vae_tiling(pipe.vae, plan.vae_tiling)
 
 
-def set_vae_tiling(vae: torch.nn.Module, on: bool) -> None:
+def set_vae_tiling(vae: AutoencoderKLWan, on: bool) -> None:
     if on:
         vae.enable_tiling(
             tile_sample_min_height=VAE_TILE,
@@ -107,7 +110,7 @@ def set_vae_tiling(vae: torch.nn.Module, on: bool) -> None:
         vae.disable_tiling()
 
 
-def compile_transformer(transformer: torch.nn.Module, mode: str) -> None:
+def compile_transformer(transformer: WanTransformer3DModel, mode: str) -> None:
     """`regional` compiles the repeated transformer block's own forward (one compilation serves
     all 30 blocks); `full` compiles the whole forward. Dynamic shapes: one compilation serves
     every video size.
@@ -124,7 +127,7 @@ def compile_transformer(transformer: torch.nn.Module, mode: str) -> None:
         raise ValueError(f"unknown compile mode {mode!r}")
 
 
-class BatchedGuidance(ModelHook):
+class BatchedGuidance(ModelHook):  # type: ignore[misc]  # ModelHook is Any: mypy skips diffusers (pyproject.toml)
     """Classifier-free guidance in one batch of two: the pipeline's conditional call computes both
     passes at once, and its unconditional call, which follows with the negative prompt's
     embeddings and the same latents, receives the half already computed.
@@ -140,10 +143,11 @@ class BatchedGuidance(ModelHook):
         self.negative: torch.Tensor | None = None
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (latents, unconditional output)
 
-    def new_forward(self, module: torch.nn.Module, hidden_states: torch.Tensor, **kwargs):
+    def new_forward(self, module: torch.nn.Module, hidden_states: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor]:
         text = kwargs["encoder_hidden_states"]
         if self.negative is None:
-            return self.fn_ref.original_forward(hidden_states=hidden_states, **kwargs)
+            unbatched: tuple[torch.Tensor] = self.fn_ref.original_forward(hidden_states=hidden_states, **kwargs)
+            return unbatched
         if self._pending is not None:
             latents, output = self._pending
             if not (_same(text, self.negative) and _same(latents, hidden_states)):
@@ -188,12 +192,15 @@ def beneath_offload_hook(module: torch.nn.Module) -> Iterator[None]:
     if not hasattr(module, "_hf_hook"):
         yield
         return
+    # accelerate's `_old_forward` is a plain attribute of the instance (torch's types know an
+    # unknown attribute of a module only as a submodule or a tensor).
+    attributes = vars(module)
     offloaded = module.forward
-    module.forward = module._old_forward
+    module.forward = attributes["_old_forward"]
     try:
         yield
     finally:
-        module._old_forward, module.forward = module.forward, offloaded
+        attributes["_old_forward"], module.forward = module.forward, offloaded
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -201,7 +208,7 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a is b or (a.device == b.device and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b))
 
 
-def remove_speedups(transformer: torch.nn.Module) -> None:
+def remove_speedups(transformer: WanTransformer3DModel) -> None:
     """Undo `compile_transformer` and `batch_guidance`: the GPU check measures several
     configurations on one set of weights."""
     with beneath_offload_hook(transformer):
@@ -210,14 +217,14 @@ def remove_speedups(transformer: torch.nn.Module) -> None:
             module.__dict__.pop("forward", None)  # the compiled forward, an attribute of the instance
 
 
-def batch_guidance(transformer: torch.nn.Module) -> BatchedGuidance:
+def batch_guidance(transformer: WanTransformer3DModel) -> BatchedGuidance:
     hook = BatchedGuidance()
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(hook, CFG_HOOK)
     return hook
 
 
 @contextmanager
-def step_cache(transformer: torch.nn.Module, speed_mode: str, compile_mode: str) -> Iterator[None]:
+def step_cache(transformer: WanTransformer3DModel, speed_mode: str, compile_mode: str) -> Iterator[None]:
     """`fast`: FirstBlockCache for this generation, off again afterwards.
 
     The cache decides between blocks, in Python, whether to run the rest: a whole-model graph

@@ -8,41 +8,27 @@ are noise; it exists so that every part of the service runs and is tested on a C
 import logging
 import os
 import shutil
-import string
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+from serve_app.engine.full_size import wan_scheduler
+from serve_app.engine.tokenizer import build_tokenizer
+
+if TYPE_CHECKING:
+    from diffusers import WanPipeline
 
 logger = logging.getLogger(__name__)
 
 # Bump when the recipe below changes, so stale caches are rebuilt rather than reused.
 TINY_VERSION = "1"
-_SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]
 
 
-def build_tokenizer():
-    """A small Unigram tokenizer (UMT5's kind), made offline with the `tokenizers` library."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import T5TokenizerFast
-
-    pieces = _SPECIAL_TOKENS + ["▁"] + [f"▁{c}" for c in string.ascii_letters] + list(string.printable.strip())
-    vocab = [(piece, 0.0 if i < len(_SPECIAL_TOKENS) else -float(i)) for i, piece in enumerate(pieces)]
-    backend = Tokenizer(models.Unigram(vocab, unk_id=_SPECIAL_TOKENS.index("<unk>"), byte_fallback=False))
-    backend.pre_tokenizer = pre_tokenizers.Metaspace()
-    backend.decoder = decoders.Metaspace()
-    eos_id = _SPECIAL_TOKENS.index("</s>")
-    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", eos_id)])
-    return T5TokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0
-    )
-
-
-def _build_pipeline():
+def _build_pipeline() -> "WanPipeline":
     from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
-
-    from serve_app.engine.full_size import wan_scheduler
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer()

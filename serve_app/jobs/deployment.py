@@ -15,7 +15,10 @@ import logging
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, cast
+
+from ray.serve.handle import DeploymentHandle
 
 from serve_app.common.logs import use_serve_log_handlers
 from serve_app.common.metrics import JobMetrics
@@ -24,11 +27,13 @@ from serve_app.common.storage import REFERENCE, ResultStorage
 from serve_app.common.tasks import spawn
 from serve_app.config import AppArgs, webhook_secrets
 from serve_app.error_codes import ErrorCode
+from serve_app.handles import GeneratorDeployment, Handle
 from serve_app.jobs.admission import Admission
+from serve_app.jobs.database import open_store
 from serve_app.jobs.dispatch import Dispatcher
 from serve_app.jobs.handover import Handover
 from serve_app.jobs.outbox import Outbox
-from serve_app.jobs.store import EVERY_JOB, DuplicateKey, NewJob, open_store
+from serve_app.jobs.store import EVERY_JOB, DuplicateKey, NewJob, StoredJob
 from serve_app.jobs.webhooks import WebhookSender
 from serve_app.messages import Job, JobPage, JobStatus, Refusal, Started, Submission, VideoShape
 
@@ -68,7 +73,9 @@ class Jobs:
     """A plain class; `serve_app.app` makes it a deployment. `generator` is the Generator
     deployment's handle (any object with the same `options(stream=True).generate.remote`)."""
 
-    async def __init__(self, generator, args: AppArgs) -> None:
+    async def __init__(  # type: ignore[misc]  # mypy wants __init__ synchronous; Serve awaits this one
+        self, generator: DeploymentHandle[Any], args: AppArgs
+    ) -> None:
         use_serve_log_handlers()
         self._store = open_store(args.jobs_database_url)
         await self._store.migrate()
@@ -85,9 +92,9 @@ class Jobs:
             max_stored_bytes=int(args.max_stored_gb * 2**30) if args.max_stored_gb is not None else None,
         )
         # How each generator replica runs the model, as it reported with its latest job here.
-        self._generators: dict[str, dict] = {}
+        self._generators: dict[str, dict[str, object]] = {}
         self._dispatcher = Dispatcher(
-            self._store, self._storage, generator.options(stream=True).generate, self._runner, self._retention_s,
+            self._store, self._storage, Handle[GeneratorDeployment](generator), self._runner, self._retention_s,
             self._metrics, on_started=self._generator_started, on_finished=lambda _, gpu_s: self._admission.ran(gpu_s),
         )  # fmt: skip
         self._handover = Handover(
@@ -158,8 +165,9 @@ class Jobs:
             refusal = await self._store.add(job, new, self._runner, admit)
         except DuplicateKey:  # the same Idempotency-Key, submitted at the same moment through another replica
             await asyncio.to_thread(self._storage.delete, job.id)
-            earlier = await self._store.find_idempotent(submission.owner, submission.idempotency_key)
-            return await self._same_or_conflict(earlier, submission)
+            # Raised for a key, whose job is stored: the one the other replica just added.
+            earlier = await self._store.find_idempotent(submission.owner, cast(str, submission.idempotency_key))
+            return await self._same_or_conflict(cast(StoredJob, earlier), submission)
         if refusal is not None:  # another submission took the room since `submit` checked
             await asyncio.to_thread(self._storage.delete, job.id)
             return refusal
@@ -177,7 +185,7 @@ class Jobs:
             return None
         return await self._admission.refusal(owner, shape)
 
-    async def generators(self) -> dict[str, dict]:
+    async def generators(self) -> dict[str, dict[str, object]]:
         """How each generator replica that ran a job from this replica runs the model, by worker."""
         return dict(self._generators)
 
@@ -240,7 +248,7 @@ class Jobs:
 
     # Internals.
 
-    async def _same_or_conflict(self, earlier, submission: Submission) -> Job | Refusal:
+    async def _same_or_conflict(self, earlier: StoredJob, submission: Submission) -> Job | Refusal:
         if earlier.request_hash == submission.request_hash:
             return await self._view(earlier.job)
         return Refusal(
@@ -273,7 +281,7 @@ class Jobs:
     async def _count(self) -> None:
         self._metrics.counts(await self._store.count(JobStatus.QUEUED), await self._store.count(JobStatus.IN_PROGRESS))
 
-    async def _every(self, period_s: float, work) -> None:
+    async def _every(self, period_s: float, work: Callable[[], Awaitable[object]]) -> None:
         while True:
             await asyncio.sleep(period_s)
             try:

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,6 +19,7 @@ from serve_app.common.metrics import JobMetrics
 from serve_app.common.storage import REFERENCE, THUMBNAIL, VIDEO, ResultStorage
 from serve_app.common.tasks import spawn
 from serve_app.error_codes import ErrorCode
+from serve_app.handles import GenerationEvent, GeneratorDeployment, Handle
 from serve_app.jobs.store import JobStore
 from serve_app.jobs.webhooks import event
 from serve_app.messages import (
@@ -38,15 +39,11 @@ logger = logging.getLogger(__name__)
 
 
 class Stream(Protocol):
-    """A generator replica's answer to one request: `handle.options(stream=True).generate.remote(...)`."""
+    """A generator replica's answer to one request: `generator.stream(GeneratorDeployment.generate, ...)`."""
 
-    def __aiter__(self): ...
+    def __aiter__(self) -> AsyncIterator[GenerationEvent]: ...
 
     def cancel(self) -> None: ...
-
-
-class GeneratorHandle(Protocol):
-    def remote(self, request: GenerationRequest) -> Stream: ...
 
 
 @dataclass
@@ -57,7 +54,7 @@ class RunningJob:
     stream: Stream
     queued_at: float = field(default_factory=time.time)
     started_at: float | None = None
-    task: asyncio.Task | None = None
+    task: asyncio.Task[None] | None = None
 
     @property
     def started(self) -> bool:
@@ -69,7 +66,7 @@ class Dispatcher:
         self,
         store: JobStore,
         storage: ResultStorage,
-        generate: GeneratorHandle,
+        generator: Handle[GeneratorDeployment],
         runner: str,
         retention_s: float,
         metrics: JobMetrics,
@@ -78,7 +75,7 @@ class Dispatcher:
     ) -> None:
         self._store = store
         self._storage = storage
-        self._generate = generate
+        self._generator = generator
         self._runner = runner
         self._retention_s = retention_s
         self._metrics = metrics
@@ -94,7 +91,7 @@ class Dispatcher:
         if request.image_png is None and await asyncio.to_thread(self._storage.exists, job_id, REFERENCE):
             image = await asyncio.to_thread(self._storage.read, job_id, REFERENCE)
             request = request.model_copy(update={"image_png": image})
-        running = RunningJob(job_id, self._generate.remote(request))
+        running = RunningJob(job_id, self._generator.stream(GeneratorDeployment.generate, request))
         self.running[job_id] = running
         running.task = spawn(self._follow(running), name=f"follow {job_id}")
 

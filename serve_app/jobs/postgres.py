@@ -9,12 +9,12 @@ and nothing polls.
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from serve_app.jobs.sql import SqlStore, Transaction
+from serve_app.jobs.sql import Params, Row, SqlStore, Transaction
 from serve_app.jobs.store import EVERY_JOB
 
 logger = logging.getLogger(__name__)
@@ -27,10 +27,10 @@ RECONNECT_S = 1.0
 
 
 class _Tx:
-    def __init__(self, cursor: psycopg.AsyncCursor) -> None:
+    def __init__(self, cursor: psycopg.AsyncCursor[Row]) -> None:
         self._cursor = cursor
 
-    async def execute(self, sql: str, params: Sequence = ()) -> list[tuple]:
+    async def execute(self, sql: str, params: Params = ()) -> list[Row]:
         await self._cursor.execute(sql.replace("?", "%s"), tuple(params))
         return await self._cursor.fetchall() if self._cursor.description else []
 

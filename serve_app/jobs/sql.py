@@ -3,17 +3,19 @@ clock, its serial keys and how it tells other replicas that a job changed."""
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from serve_app.jobs.store import DuplicateKey, NewJob, Orphan, Refusal, StoredJob, Usage, Webhook
 from serve_app.messages import GenerationRequest, Job, JobStatus
 
 # The statuses a job may still leave, as an SQL list.
 ACTIVE = "(" + ", ".join(f"'{status}'" for status in JobStatus if not status.is_terminal) + ")"
+Params = Sequence[object]  # a statement's `?` values
+Row = tuple[Any, ...]  # a row as the database's driver gives it
 
 
 class Transaction(Protocol):
-    async def execute(self, sql: str, params: Sequence = ()) -> list[tuple]:
+    async def execute(self, sql: str, params: Params = ()) -> list[Row]:
         """Run one statement (`?` placeholders); its rows, if it returns any."""
 
 
@@ -88,7 +90,7 @@ class SqlStore:
     async def _lock_admission(self, tx: Transaction) -> None:
         """Hold off other replicas' admissions until `tx` ends (SQLite's BEGIN IMMEDIATE already does)."""
 
-    async def _read(self, sql: str, params: Sequence = ()) -> list[tuple]:
+    async def _read(self, sql: str, params: Params = ()) -> list[Row]:
         async with self.transaction() as tx:
             return await tx.execute(sql, params)
 
@@ -148,12 +150,12 @@ class SqlStore:
             "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq <= (SELECT seq FROM jobs WHERE id = ?)",
             (job_id,),
         )
-        return ahead
+        return int(ahead)
 
     async def count(self, status: JobStatus, owner: str | None = None) -> int:
         query = "SELECT COUNT(*) FROM jobs WHERE status = ?" + (" AND owner = ?" if owner else "")
         ((count,),) = await self._read(query, (status, owner) if owner else (status,))
-        return count
+        return int(count)
 
     async def usage(self, owner: str) -> Usage:
         async with self.transaction() as tx:
@@ -242,7 +244,7 @@ class SqlStore:
     async def expired(self, now: float) -> list[str]:
         return [job_id for (job_id,) in await self._read("SELECT id FROM jobs WHERE expires_at <= ?", (now,))]
 
-    async def _set(self, job_id: str, sql: str, params: Sequence) -> bool:
+    async def _set(self, job_id: str, sql: str, params: Params) -> bool:
         async with self.transaction() as tx:
             changed = bool(await tx.execute(sql, params))
             if changed:
@@ -315,7 +317,7 @@ _NUL = "\x00"
 _STORED = "job, owner, runner, webhook_url, request_hash"
 
 
-def _stored(row: tuple) -> StoredJob:
+def _stored(row: Row) -> StoredJob:
     job, owner, runner, webhook_url, request_hash = row
     return StoredJob(Job.model_validate_json(job), owner, runner, webhook_url, request_hash)
 

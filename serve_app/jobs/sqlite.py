@@ -11,22 +11,24 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
-from serve_app.jobs.sql import SqlStore, Transaction
+from serve_app.jobs.sql import Params, Row, SqlStore, Transaction
 
 POLL_S = 0.5
 # Change records older than this are dropped: every replica has read them by then.
 KEEP_CHANGES_S = 60.0
+T = TypeVar("T")
 
 
 class _Tx:
     def __init__(self, store: "SqliteStore") -> None:
         self._store = store
 
-    async def execute(self, sql: str, params: Sequence = ()) -> list[tuple]:
+    async def execute(self, sql: str, params: Params = ()) -> list[Row]:
         return await self._store._run(lambda db: db.execute(sql, tuple(params)).fetchall())
 
 
@@ -53,8 +55,8 @@ class SqliteStore(SqlStore):
         # that every process using the file shares, which two hosts on one volume do not.
         return sqlite3.connect(self._path, isolation_level=None, timeout=30, check_same_thread=False)
 
-    async def _run(self, work):
-        def call():
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
             if self._db is None:
                 self._db = self._connect()
             return work(self._db)
@@ -75,7 +77,7 @@ class SqliteStore(SqlStore):
             self._dirty = False
             self._changed_here.set()
 
-    async def _read(self, sql: str, params: Sequence = ()) -> list[tuple]:
+    async def _read(self, sql: str, params: Params = ()) -> list[Row]:
         # Outside a transaction: a read takes no write lock.
         async with self._lock:
             return await self._run(lambda db: db.execute(sql, tuple(params)).fetchall())

@@ -158,13 +158,3 @@ class JobStore(Protocol):
     def changes(self) -> AsyncIterator[str]:
         """The ids of jobs changed by any replica (this one included), as they change."""
 
-
-def open_store(database_url: str) -> JobStore:
-    """The store a `database_url` names: postgresql://... or sqlite:///path (or a plain path)."""
-    if database_url.startswith(("postgresql://", "postgres://")):
-        from serve_app.jobs.postgres import PostgresStore
-
-        return PostgresStore(database_url)
-    from serve_app.jobs.sqlite import SqliteStore
-
-    return SqliteStore(database_url.removeprefix("sqlite://"))

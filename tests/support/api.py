@@ -12,6 +12,7 @@ from serve_app.api.slots import stream_slots, submission_slots
 from serve_app.common.outbound import OutboundPolicy
 from serve_app.common.storage import ResultStorage
 from serve_app.config import AppArgs
+from serve_app.handles import Handle
 from serve_app.messages import Job, JobPage, JobStatus, Submission
 from support.service import KEY_ID_SECRET
 
@@ -76,7 +77,7 @@ def api(tmp_path: Path, jobs=None, running_generators=one_generator, **args) -> 
     settings = AppArgs(model="tiny", data_dir=tmp_path, **args)
     state = IngressState(
         args=settings,
-        jobs=jobs,
+        jobs=Handle(jobs),
         images=ImageLoader(ImagePolicy(max_bytes=2**20, max_pixels=10**6, fetch_timeout_s=1), OutboundPolicy()),
         outbound=OutboundPolicy(),
         storage=ResultStorage(str(tmp_path / "results")),

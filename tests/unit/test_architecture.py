@@ -25,19 +25,34 @@ def test_the_import_contracts_hold():
     assert done.returncode == 0, done.stdout[-3000:]
 
 
-def test_a_forbidden_import_breaks_them(tmp_path):
+def copy_package(folder: Path) -> Path:
+    """The package and its contracts, under another name in `folder`; the copy keeps them."""
     for path in (ROOT / "serve_app").rglob("*.py"):
-        copy = tmp_path / COPY / path.relative_to(ROOT / "serve_app")
+        copy = folder / COPY / path.relative_to(ROOT / "serve_app")
         copy.parent.mkdir(parents=True, exist_ok=True)
         copy.write_text(path.read_text().replace("serve_app", COPY))
-    (tmp_path / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text().replace("serve_app", COPY))
-    assert lint_imports(tmp_path).returncode == 0  # the copy keeps the contracts
-    health = tmp_path / COPY / "api" / "health.py"
+    (folder / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text().replace("serve_app", COPY))
+    assert lint_imports(folder).returncode == 0
+    return folder / COPY
+
+
+def test_a_forbidden_import_breaks_them(tmp_path):
+    health = copy_package(tmp_path) / "api" / "health.py"
     health.write_text("import torch  # the Ingress must not\n" + health.read_text())
     done = lint_imports(tmp_path)
     assert done.returncode != 0
     assert "The Ingress (api) runs no model code BROKEN" in done.stdout
     assert f"{COPY}.api.health -> torch" in done.stdout
+
+
+def test_an_import_cycle_breaks_them_even_inside_a_function(tmp_path):
+    store = copy_package(tmp_path) / "jobs" / "store.py"
+    # The cycle that jobs/database.py removed: the store's interface choosing an implementation.
+    store.write_text(store.read_text() + f"\n\ndef sqlite():\n    from {COPY}.jobs.sqlite import SqliteStore\n")
+    done = lint_imports(tmp_path)
+    assert done.returncode != 0
+    assert "No import cycles, between the modules of any package BROKEN" in done.stdout
+    assert f"No cycles are allowed in {COPY}.jobs." in done.stdout
 
 
 def test_only_the_composition_root_makes_deployments():

@@ -9,7 +9,8 @@ from support.postgres import STORES, fresh_database
 
 from serve_app.error_codes import ErrorCode
 from serve_app.jobs.admission import Admission
-from serve_app.jobs.store import NewJob, open_store
+from serve_app.jobs.database import open_store
+from serve_app.jobs.store import NewJob
 
 
 @pytest.fixture

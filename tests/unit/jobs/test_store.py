@@ -10,8 +10,9 @@ import pytest
 from support.jobs import REQUEST, job
 from support.postgres import STORES, fresh_database
 
+from serve_app.jobs.database import open_store
 from serve_app.jobs.sql import MIGRATIONS
-from serve_app.jobs.store import DuplicateKey, NewJob, open_store
+from serve_app.jobs.store import DuplicateKey, NewJob
 
 
 @pytest.fixture(params=STORES)
