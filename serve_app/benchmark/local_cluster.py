@@ -49,9 +49,10 @@ def cluster_config(port: int, args: dict[str, Any], autoscaling: dict[str, Any])
     }
 
 
-def deploy_config(config: dict[str, Any], ready_within_s: float | None = 120) -> str:
+def deploy_config(config: dict[str, Any], ready_within_s: float | None = 120, wait: bool = True) -> str:
     """Deploy a Serve config on the connected Ray cluster the way `serve run CONFIG` does, and
-    return its URL once `/readyz` says ready (None: at once, for generators that scale from zero)."""
+    return its URL once `/readyz` says ready (None: at once, for generators that scale from zero).
+    `wait=False`: without waiting for Serve to say the applications run (its own wait is 60 s)."""
     import httpx
     from ray.serve._private import api as serve_private_api
     from ray.serve.schema import ServeDeploySchema
@@ -59,7 +60,7 @@ def deploy_config(config: dict[str, Any], ready_within_s: float | None = 120) ->
     # Private API, but it is exactly what `serve run CONFIG` calls (ray/serve/scripts.py).
     schema = ServeDeploySchema.model_validate(config)
     client = serve_private_api.serve_start(http_options=schema.http_options.model_dump())
-    client.deploy_apps(schema, _blocking=True)
+    client.deploy_apps(schema, _blocking=wait)
     url = f"http://127.0.0.1:{schema.http_options.port}"
     if ready_within_s is None:
         return url

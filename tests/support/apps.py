@@ -56,19 +56,29 @@ class Apps:
             "applications": list(self._apps.values()),
         }
 
-    def deploy(self, app: dict, ready_within_s: float | None = 120) -> str:
-        """Add or replace `app` (by name); its URL, once its `/readyz` says ready (None: at once)."""
-        return self.deploy_all([app], ready_within_s)[0]
+    def deploy(self, app: dict, ready_within_s: float = 240) -> str:
+        """Add or replace `app` (by name); its URL, once it runs and its `/readyz` says ready."""
+        if app["name"] not in self._apps:
+            return self.deploy_all([app], ready_within_s)[0]
+        # An update: Serve's own wait sees the new config through (the status still reads RUNNING,
+        # the old one's, until the controller takes it).
+        self._apps[app["name"]] = copy.deepcopy(app)
+        deploy_config(self.config(), ready_within_s=None)
+        wait_ready(self.url(app["name"]), ready_within_s)
+        return self.url(app["name"])
 
-    def deploy_all(self, apps: list[dict], ready_within_s: float | None = 120) -> list[str]:
-        """`deploy` for several at once: Serve starts their replicas together."""
+    def deploy_all(self, apps: list[dict], ready_within_s: float = 240) -> list[str]:
+        """`deploy` for several new applications at once: Serve starts their replicas together. Waits for each to
+        run (Serve's status) and to be ready, `ready_within_s` in all (not Serve's own 60 s: on a
+        busy 2-core machine a module's applications take longer to start together)."""
         for app in apps:
             self._apps[app["name"]] = copy.deepcopy(app)
-        deploy_config(self.config(), ready_within_s=None)
-        urls = [self.url(app["name"]) for app in apps]
-        for url in urls if ready_within_s is not None else ():
-            wait_ready(url, ready_within_s)
-        return urls
+        deploy_config(self.config(), ready_within_s=None, wait=False)
+        deadline = time.monotonic() + ready_within_s
+        for app in apps:
+            wait_running(app["name"], deadline)
+            wait_ready(self.url(app["name"]), max(1.0, deadline - time.monotonic()))
+        return [self.url(app["name"]) for app in apps]
 
     def url(self, name: str) -> str:
         return self.base_url + self._apps[name]["route_prefix"].rstrip("/")
@@ -97,6 +107,17 @@ class Apps:
         for deployment in app["deployments"]:
             deployment["ray_actor_options"] = {"num_cpus": 0, "num_gpus": 0}
         return app
+
+
+def wait_running(name: str, deadline: float) -> None:
+    """Until Serve says the application `name` runs (every deployment healthy), by `deadline`."""
+    while True:
+        app = serve.status().applications.get(name)
+        if app is not None and app.status == "RUNNING":
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"application {name} not running: {app.status if app else 'absent'}")
+        time.sleep(0.5)
 
 
 def wait_ready(url: str, within_s: float = 120) -> None:
