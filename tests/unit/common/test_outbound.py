@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pytest
+from support.polling import poll
 
 from serve_app.common import outbound
 from serve_app.common.outbound import OutboundPolicy, OutboundRefused, is_public, pinned_request
@@ -153,6 +154,8 @@ def test_look_ups_that_hang_hold_their_own_threads_only_and_past_them_are_refuse
             check(OutboundPolicy(), "http://one-more.example/")
     finally:
         release.set()
+        # The threads give themselves back as their look-ups return: the next test needs them all.
+        poll(lambda: outbound.RESOLVER._busy == 0, timeout_s=5, every_s=0.01, what="the resolver threads' return")
 
 
 def test_an_international_name_is_resolved_sent_and_verified_in_its_idna_form(resolve):
