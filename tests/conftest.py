@@ -107,17 +107,11 @@ def simulated_app(
 ) -> Iterator["DeployedApp"]:
     """An application of this test's own beside the service, `model: simulated` (steps that sleep:
     a SLOW job takes seconds, and no CPU), with the test caps and a fast handover, under a route
-    prefix of its own. A test may break it; it is deleted after the test. The first test of a
-    module to ask deploys those of every test of the module that will, at once (their replicas
-    start together, rather than one test after another)."""
+    prefix of its own. A test may break it; it is deleted after the test."""
     from support.apps import DeployedApp
 
     name = _simulated_app_name(request.node)
-    if name not in apps:
-        module = [item for item in request.session.items if item.module is request.node.module]
-        wanted = [_simulated_app_name(item) for item in module if "simulated_app" in item.fixturenames]
-        new = [other for other in wanted if other not in apps]
-        apps.deploy_all([apps.simulated(other, tmp_path_factory.mktemp(other)) for other in new])
+    apps.deploy(apps.simulated(name, tmp_path_factory.mktemp(name)))
     headers = {"Authorization": f"Bearer {API_KEYS[0]}"}
     with httpx.Client(base_url=apps.url(name), headers=headers, timeout=60) as http:
         yield DeployedApp(name, apps.url(name), http)

@@ -5,15 +5,12 @@ application of its own (`simulated_app`: the real deployments, steps that sleep)
 import time
 
 import httpx
-import pytest
 from ray import serve
 from support.apps import kill_replica, wait_ready
 from support.polling import poll
 from support.service import SLOW, SMALL, submit, wait_for
 
 from serve_app.deployments import GENERATOR, INGRESS, JOBS
-
-pytestmark = pytest.mark.timeout(120)
 
 
 def running(http: httpx.Client, job: dict) -> dict:
