@@ -6,7 +6,7 @@ from ray.serve import Application
 
 from serve_app.api.ingress import Ingress
 from serve_app.config import AppArgs
-from serve_app.deployments import GENERATOR, GENERATOR_MAX_ONGOING_REQUESTS, INGRESS, JOBS
+from serve_app.deployments import GENERATOR_MAX_ONGOING_REQUESTS, INGRESS, JOBS, generator_name
 from serve_app.engine.generator import Generator
 from serve_app.jobs.deployment import Jobs
 
@@ -15,13 +15,17 @@ def build_app(args: AppArgs) -> Application:
     """Ray calls this with the `args` of the config file, validated as AppArgs."""
     if isinstance(args, dict):  # `serve.run(build_app({...}))` from Python
         args = AppArgs.model_validate(args)
-    generator = serve.deployment(
-        Generator,
-        name=GENERATOR,
-        max_ongoing_requests=GENERATOR_MAX_ONGOING_REQUESTS,
-        ray_actor_options={"num_gpus": 0 if args.device == "cpu" else 1},
-        max_constructor_retry_count=args.max_constructor_retries,
-    )
+    # One Generator deployment per served model, the default's named `Generator`.
+    generators = {
+        spec.id: serve.deployment(
+            Generator,
+            name=generator_name(spec.id, default=index == 0),
+            max_ongoing_requests=GENERATOR_MAX_ONGOING_REQUESTS,
+            ray_actor_options={"num_gpus": 0 if args.device == "cpu" else 1},
+            max_constructor_retry_count=args.max_constructor_retries,
+        ).bind(args, spec.id)
+        for index, spec in enumerate(args.served_models)
+    }
     jobs = serve.deployment(
         Jobs,
         name=JOBS,
@@ -33,4 +37,4 @@ def build_app(args: AppArgs) -> Application:
         graceful_shutdown_timeout_s=1200,
     )
     ingress = serve.deployment(serve.ingress()(Ingress), name=INGRESS)
-    return ingress.bind(jobs.bind(generator.bind(args), args), args)
+    return ingress.bind(jobs.bind(generators, args), args)

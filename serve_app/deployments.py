@@ -4,9 +4,15 @@ config file says (set in `serve_app.app`), and how many replicas of one are runn
 APP = "wan"  # the application's name in both Serve configs
 INGRESS = "Ingress"
 JOBS = "Jobs"
-GENERATOR = "Generator"
+GENERATOR = "Generator"  # the default model's; another served model's is `generator_name(id)`
 # One generation at a time per replica and no batching: a job fills a GPU.
 GENERATOR_MAX_ONGOING_REQUESTS = 1
+
+
+def generator_name(model: str, default: bool) -> str:
+    """The Generator deployment of a served model: one each, so that each autoscales on its own
+    queue and a job runs on a replica that holds its model (see docs/architecture.md)."""
+    return GENERATOR if default else f"{GENERATOR}-{model}"
 
 
 def replica_states(app_name: str, deployment: str) -> dict[str, int]:

@@ -16,6 +16,7 @@ from serve_app.api.dependencies import IngressState
 from serve_app.api.errors import install_error_handlers
 from serve_app.api.health import health_router, status_router
 from serve_app.api.images import ImageLoader, ImagePolicy
+from serve_app.api.models import models_router
 from serve_app.api.page import page_router
 from serve_app.api.predict import predict_router
 from serve_app.api.slots import stream_slots, submission_slots
@@ -118,4 +119,5 @@ def create_api(state: IngressState, api_keys: ApiKeys | None) -> FastAPI:
     api.include_router(status_router)
     api.include_router(predict_router)
     api.include_router(videos_router)
+    api.include_router(models_router)
     return api

@@ -9,7 +9,10 @@ from pydantic_core import PydanticCustomError
 
 from serve_app.limits import (
     MAX_FRAMES,
+    MAX_GUIDANCE,
+    MAX_NAME_CHARS,
     MAX_SEED,
+    MAX_SHIFT,
     MAX_SIDE,
     MAX_STEPS,
     MAX_TEXT_CHARS,
@@ -55,8 +58,29 @@ class VideoRequest(BaseModel):
         description="Frame count, of the form 4n+1.",
         json_schema_extra={"enum": list(range(MIN_FRAMES, MAX_FRAMES + 1, 4))},
     )
-    num_inference_steps: int = Field(50, ge=1, le=MAX_STEPS, description="Denoising steps.")
-    guidance_scale: float = Field(5.0, ge=1.0, le=20.0, description="Classifier-free guidance strength.")
+    model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_NAME_CHARS,
+        description="The id of a served model (`GET /v1/models`); omitted: the default one.",
+    )
+    num_inference_steps: int | None = Field(
+        None, ge=1, le=MAX_STEPS, description="Denoising steps. Omitted: the model's default (50 for Wan2.2)."
+    )
+    guidance_scale: float | None = Field(
+        None,
+        ge=1.0,
+        le=MAX_GUIDANCE,
+        description="Classifier-free guidance strength. Omitted: the model's default (5.0 for Wan2.2; 1.0, none, "
+        "for a distilled model).",
+    )
+    shift: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_SHIFT,
+        description="Flow shift of the sampling schedule. Omitted: the model's, by default following the size as "
+        "the Wan authors recommend: 5.0 from 720p (shorter side 704 or more), 3.0 below.",
+    )
     fps: int = Field(24, ge=1, le=60, description="Frame rate of the output video.")
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="Random seed; omitted: drawn and reported in details.seed."

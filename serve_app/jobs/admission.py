@@ -26,15 +26,16 @@ class Admission:
         self._max_stored_bytes = max_stored_bytes_per_key
         # How long recent jobs ran, for the Retry-After of a refusal.
         self._recent_run_s: deque[float] = deque([60.0], maxlen=20)
-        # What the generators' GPU memory allows, as the latest to start a job reported it.
-        self.capacity: Capacity | None = None
+        # What each model's generators' GPU memory allows, as the latest to start a job reported it.
+        self.capacity: dict[str, Capacity | None] = {}
 
     def ran(self, seconds: float) -> None:
         if seconds > 0:
             self._recent_run_s.append(seconds)
 
-    async def refusal(self, owner: str, shape: VideoShape | None) -> Refusal | None:
-        if shape is not None and self.capacity is not None and (reason := shape.refusal(self.capacity)):
+    async def refusal(self, owner: str, shape: VideoShape | None, model: str | None = None) -> Refusal | None:
+        capacity = self.capacity.get(model) if model is not None else None
+        if shape is not None and capacity is not None and (reason := shape.refusal(capacity)):
             return Refusal(status=400, code="video_too_large", message=reason)
         run_s = sum(self._recent_run_s) / len(self._recent_run_s)
         queued = await self._store.count("queued")

@@ -13,7 +13,7 @@ from ray.serve.schema import (
 from support.configs import unknown_keys
 
 from serve_app.config import AppArgs
-from serve_app.deployments import GENERATOR, GENERATOR_MAX_ONGOING_REQUESTS, INGRESS, JOBS
+from serve_app.deployments import GENERATOR_MAX_ONGOING_REQUESTS, INGRESS, JOBS, generator_name
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ["serve_config.yaml", "serve_config.local.yaml"]
@@ -34,8 +34,10 @@ def test_config_is_valid_for_ray_and_has_no_ignored_keys(name):
     assert unknown_keys(config) == []
     app = schema.applications[0]
     assert app.import_path == "serve_app.app:build_app"
-    AppArgs.model_validate(app.args)
-    assert set(deployments(config)) == {INGRESS, JOBS, GENERATOR}
+    args = AppArgs.model_validate(app.args)
+    # One Generator deployment per model, each configured here (its autoscaling, its resources).
+    generators = {generator_name(spec.id, default=i == 0) for i, spec in enumerate(args.served_models)}
+    assert set(deployments(config)) == {INGRESS, JOBS, *generators}
     for deployment in deployments(config).values():
         DeploymentSchema.model_validate(deployment)
         if deployment.get("autoscaling_config"):
@@ -60,10 +62,17 @@ def test_the_checker_catches_a_typo():
     )
 
 
-def test_production_config_serves_the_real_model_one_gpu_per_replica():
+def test_production_config_serves_the_real_models_one_gpu_per_replica():
     config = load("serve_config.yaml")
     args = AppArgs.model_validate(config["applications"][0]["args"])
-    assert args.model == "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
+    served = {spec.id: spec for spec in args.served_models}
+    assert list(served) == ["wan2.2-ti2v-5b", "fastwan2.2-ti2v-5b"]
+    assert served["wan2.2-ti2v-5b"].checkpoint == "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
+    fast = served["fastwan2.2-ti2v-5b"]
+    assert fast.checkpoint == "FastVideo/FastWan2.2-TI2V-5B-FullAttn-Diffusers"
+    assert (fast.recipe.scheduler, fast.recipe.timesteps, fast.recipe.shift) == ("dmd", [1000, 757, 522], 5.0)
+    assert (fast.recipe.default_steps, fast.recipe.guidance) == (3, False)
+    assert deployments(config)[generator_name(fast.id, default=False)]["ray_actor_options"]["num_gpus"] == 1
     generator = deployments(config)["Generator"]
     assert generator["ray_actor_options"]["num_gpus"] == 1
     # One job at a time, set in serve_app/app.py: a config that set it too could contradict it.
@@ -83,7 +92,12 @@ def test_production_config_serves_the_real_model_one_gpu_per_replica():
 def test_local_config_is_cpu_and_tiny():
     config = load("serve_config.local.yaml")
     args = AppArgs.model_validate(config["applications"][0]["args"])
-    assert (args.model, args.device) == ("tiny", "cpu")
-    assert deployments(config)["Generator"]["ray_actor_options"]["num_gpus"] == 0
+    assert [(spec.id, spec.checkpoint) for spec in args.served_models] == [
+        ("tiny", "tiny"),
+        ("tiny-turbo", "tiny-turbo"),
+    ]
+    assert args.device == "cpu"
+    for name in ("Generator", "Generator-tiny-turbo"):
+        assert deployments(config)[name]["ray_actor_options"]["num_gpus"] == 0
     assert config["http_options"]["host"] == "127.0.0.1"
     assert config["http_options"]["port"] == 8000

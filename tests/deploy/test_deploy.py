@@ -26,7 +26,7 @@ DEPLOY = ROOT / "deploy"
 CRD = Path(__file__).with_name("kuberay") / "ray.io_rayservices.v1.5.0.yaml"
 KUBERNETES = "1.33"
 # What the manifest may set differently from serve_config.yaml: paths on its volumes.
-STORAGE_ARGS = {"model", "data_dir", "results_url"}
+STORAGE_ARGS = {"models", "data_dir", "results_url"}
 
 
 def documents(name: str) -> list[dict]:
@@ -116,8 +116,16 @@ def test_serve_config_v2_is_valid_for_ray_and_agrees_with_serve_config_yaml():
     assert {k: v for k, v in app["args"].items() if k not in STORAGE_ARGS} == {
         k: v for k, v in prod_app["args"].items() if k not in STORAGE_ARGS
     }
+    # The same models and recipes, from the volume rather than the hub.
+    local = [{k: v for k, v in model.items() if k != "checkpoint"} for model in app["args"]["models"]]
+    hub = [
+        {k: v for k, v in model.items() if k not in ("checkpoint", "revision")} for model in prod_app["args"]["models"]
+    ]
+    assert local == hub
     deployments, prod_deployments = by_name(app["deployments"]), by_name(prod_app["deployments"])
-    assert deployments["Generator"] == prod_deployments["Generator"]
+    for name in prod_deployments:
+        if name.startswith("Generator"):
+            assert deployments[name] == prod_deployments[name]
     # PostgreSQL: two Jobs replicas, none special. Ingress and Jobs on the CPU group.
     assert deployments["Jobs"]["num_replicas"] == 2 and prod_deployments["Jobs"]["num_replicas"] == 1
     for name in ("Ingress", "Jobs"):
@@ -187,13 +195,14 @@ def test_secrets_images_ports_and_volumes_are_consistent():
     assert mounts["service"]["/data"]["persistentVolumeClaim"]["claimName"] == "wan-results"
     assert claims["wan-results"]["spec"]["accessModes"] == ["ReadWriteMany"]
     # The weights on a volume the download Job fills before the RayService is applied.
-    assert args["model"].startswith("/models/")
     assert mounts["gpu"]["/models"]["persistentVolumeClaim"]["claimName"] == "wan-models"
     (job,) = [doc for doc in documents("storage.yaml") if doc["kind"] == "Job"]
     assert job["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "wan-models"
-    assert args["model"].removeprefix("/models/") in " ".join(
-        job["spec"]["template"]["spec"]["containers"][0]["command"]
-    )
+    for model in args["models"]:
+        assert model["checkpoint"].startswith("/models/")
+        assert f"--local-dir {model['checkpoint']}" in " ".join(
+            job["spec"]["template"]["spec"]["containers"][0]["command"]
+        )
     # Storage classes are named where they matter.
     assert all(claim["spec"].get("storageClassName") for claim in claims.values())
 
