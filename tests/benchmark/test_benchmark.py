@@ -79,7 +79,7 @@ def test_the_gpu_check_runs_without_ray_or_fastapi_and_writes_every_section(tmp_
     (path,) = tmp_path.glob("cpu-*.json")
     figures = json.loads(path.read_text())
     assert figures["plan"] == "full, VAE tiling off, guidance batched"
-    sections = ("default", "cfg_batch_off", "attention_backends", "fast_mode", "vae_tiling", "text_encoder")
+    sections = ("default", "turbo", "cfg_batch_off", "attention_backends", "fast_mode", "vae_tiling", "text_encoder")
     for section in (*sections, "compile_regional"):
         assert "error" not in figures[section], figures[section]
     assert figures["compile_full"] == {"skipped": "asked for (--skip)"}
@@ -90,6 +90,9 @@ def test_the_gpu_check_runs_without_ray_or_fastapi_and_writes_every_section(tmp_
     assert figures["attention_backends"]["native"]["max_latent_difference"] == 0
     assert "unavailable" in figures["attention_backends"]["flash"]
     assert 0 <= figures["fast_mode"]["blocks_skipped_share"] < 1
+    turbo = figures["turbo"]  # FastWan2.2's recipe: 3 passes, then the decode
+    assert (turbo["model"], turbo["transformer_passes"]) == ("fastwan2.2-ti2v-5b", 3)
+    assert 0 < turbo["decoding_share"] < 1
 
 
 def test_the_docs_gpu_table_is_generated_from_the_results_files():
