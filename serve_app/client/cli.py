@@ -26,8 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--height", type=int, help="multiple of 32, 32-2048 (default 704)")
     generate.add_argument("--width", type=int, help="multiple of 32, 32-2048 (default 1280)")
     generate.add_argument("--num-frames", type=int, help="4n+1, 25-121 (default 121)")
-    generate.add_argument("--num-inference-steps", type=int, help="1-100 (default 50)")
-    generate.add_argument("--guidance-scale", type=float, help="1.0-20.0 (default 5.0)")
+    generate.add_argument("--model", help="a served model's id (`wan-client models`; default: the server's default)")
+    generate.add_argument("--num-inference-steps", type=int, help="1-100, within the model's limits (default: its own)")
+    generate.add_argument("--guidance-scale", type=float, help="1.0-20.0 (default: the model's)")
+    generate.add_argument("--shift", type=float, help="flow shift (default: the model's, by size)")
     generate.add_argument("--fps", type=int, help="1-60 (default 24)")
     generate.add_argument("--seed", type=int, help="for a reproducible video (default: drawn, and reported)")
     generate.add_argument(
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in [("status", "show a job"), ("cancel", "cancel a job")]:
         commands.add_parser(name, help=text).add_argument("job_id")
     commands.add_parser("list", help="your recent jobs")
+    commands.add_parser("models", help="the served models, their defaults and limits")
     return parser
 
 
@@ -53,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "list":
                 for job in client.list_jobs().data:
                     print(f"{job.id}  {job.status:<11} {job.progress:>3}%  {job.size}  {job.prompt[:60]}")
+            elif args.command == "models":
+                for model in client.models():
+                    defaults, steps = model["defaults"], model["limits"]["num_inference_steps"]
+                    print(
+                        f"{model['id']}  {defaults['num_inference_steps']} steps ({steps['min']}-{steps['max']}), "
+                        f"guidance {defaults['guidance_scale']:g}, shift {defaults['shift']:g} at 1280x704"
+                    )
             else:
                 action = client.get if args.command == "status" else client.cancel
                 print(action(args.job_id).model_dump_json(indent=2))
@@ -66,7 +76,8 @@ def _generate(client: WanClient, args: argparse.Namespace) -> int:
     params = {
         name: getattr(args, name)
         for name in (
-            "negative_prompt", "height", "width", "num_frames", "num_inference_steps", "guidance_scale", "speed_mode"
+            "model", "negative_prompt", "height", "width", "num_frames", "num_inference_steps", "guidance_scale",
+            "shift", "speed_mode",
         )
     }  # fmt: skip
     started = time.monotonic()
