@@ -4,6 +4,11 @@ FLOPs, and the decode's share of the job. With 3 passes and no guidance the deco
 
     python -m serve_app.benchmark.models                       (the production config, 1280x704x121)
     python -m serve_app.benchmark.models --config serve_config.local.yaml --size 64x64 --frames 25
+    python -m serve_app.benchmark.models --config serve_config.local.yaml --size 64x64 --frames 25 --measure
+
+`--measure` also loads each model as a replica would (the config's device) and times its default
+job, stage by stage (the median of `--runs`, after one unmeasured run): on a CPU, `tiny` against
+`tiny-turbo`.
 
 FLOPs come from PyTorch's FLOP counter on shape-only (meta) copies of the full-size modules: the
 transformer (`measure.transformer_flops`), the text encoder on 512 tokens, the VAE decoder. The
@@ -13,6 +18,7 @@ transformer, so its share of the time is larger still (the GPU check measures bo
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 import torch
@@ -79,6 +85,40 @@ def job_costs(models: list[ModelSpec], width: int, height: int, frames: int) -> 
     return rows
 
 
+def measure_stages(args: AppArgs, width: int, height: int, frames: int, runs: int) -> list[dict]:
+    """Each model's default job, timed stage by stage on this machine."""
+    from serve_app.engine.runner import make_runner
+    from serve_app.messages import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, StageTimings
+
+    rows = []
+    for spec in args.served_models:
+        recipe = spec.recipe
+        runner = make_runner(args, spec)
+        job = GenerationRequest(
+            prompt="a red fox running through fresh snow, cinematic", negative_prompt=DEFAULT_NEGATIVE_PROMPT,
+            width=width, height=height, num_frames=frames, num_inference_steps=recipe.default_steps,
+            guidance_scale=recipe.default_guidance, fps=24, seed=0, model=spec.id,
+            shift=recipe.shift_for(width, height),
+        )  # fmt: skip
+        runner.run(job)  # the first call pays one-time costs
+        timings = [runner.run(job).timings for _ in range(runs)]
+        stages = {name: statistics.median(getattr(t, name) for t in timings) for name in StageTimings.model_fields}
+        rows.append({"model": spec.id, "size": f"{width}x{height}x{frames}", "steps": recipe.default_steps,
+                     **{name: round(value, 4) for name, value in stages.items()},
+                     "total_s": round(sum(stages.values()), 4)})  # fmt: skip
+    return rows
+
+
+def stages_table(rows: list[dict]) -> str:
+    names = [name for name in rows[0] if name.endswith("_s")]
+    lines = ["| model | video | steps | " + " | ".join(names) + " |", "|---|---|---:|" + "---:|" * len(names)]
+    for row in rows:
+        lines.append(
+            f"| {row['model']} | {row['size']} | {row['steps']} | " + " | ".join(f"{row[n]:.3f}" for n in names) + " |"
+        )
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         "| model | video | steps | passes | transformer PFLOP | text encoder TFLOP | VAE decode PFLOP | job PFLOP "
@@ -99,14 +139,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, default=Path("serve_config.yaml"), help="a Serve config: its models")
     parser.add_argument("--size", default="1280x704", help="WIDTHxHEIGHT")
     parser.add_argument("--frames", type=int, default=121)
+    parser.add_argument("--measure", action="store_true", help="also time each model's job, stage by stage")
+    parser.add_argument("--runs", type=int, default=3, help="with --measure: runs timed (median reported)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     opts = parser.parse_args(argv)
     args = AppArgs.model_validate(yaml.safe_load(opts.config.read_text())["applications"][0]["args"])
     width, height = (int(side) for side in opts.size.split("x"))
-    rows = job_costs(args.served_models, width, height, opts.frames)
-    print(table(rows))
+    figures = {"costs": job_costs(args.served_models, width, height, opts.frames)}
+    print(table(figures["costs"]))
+    if opts.measure:
+        figures["stages"] = measure_stages(args, width, height, opts.frames, opts.runs)
+        print()
+        print(stages_table(figures["stages"]))
     if opts.json:
-        opts.json.write_text(json.dumps(rows, indent=2))
+        opts.json.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":
