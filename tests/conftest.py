@@ -72,7 +72,9 @@ def ray_cluster() -> Iterator[None]:
     os.environ.pop("WAN_API_KEYS_FILE", None)
     os.environ.pop("WAN_DATABASE_URL", None)
     os.environ["WAN_WEBHOOK_SECRET"] = WEBHOOK_SECRET
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=METRICS_PORT)
+    # A CPU for each of the local config's two Generator replicas (one per model), and one for a
+    # test's extra app or a rolling update.
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, _metrics_export_port=METRICS_PORT)
     yield
     serve.shutdown()
     ray.shutdown()

@@ -77,6 +77,8 @@ def simulated_app(service_config, tmp_path) -> str:
     app = copy.deepcopy(config["applications"][0])
     app.update(name="sim", route_prefix="/sim")
     app["args"] = {"model": "simulated", "simulated_time_scale": 0.001, "device": "cpu", "data_dir": str(tmp_path)}
+    # One model: the local config's other models' Generator deployments are not in this app.
+    app["deployments"] = [d for d in app["deployments"] if not d["name"].startswith("Generator-")]
     for deployment in app["deployments"]:
         deployment["ray_actor_options"] = {"num_cpus": 0, "num_gpus": 0}
     config["applications"].append(app)
