@@ -7,7 +7,7 @@ from ray.serve import Application
 
 from serve_app.api.ingress import Ingress
 from serve_app.config import AppArgs
-from serve_app.deployments import GENERATOR, INGRESS, JOBS, options
+from serve_app.deployments import INGRESS, JOBS, generator_names, options
 from serve_app.engine.generator import Generator
 from serve_app.jobs.deployment import Jobs
 
@@ -17,7 +17,11 @@ def build_app(args: AppArgs) -> Application:
     if isinstance(args, dict):  # `serve.run(build_app({...}))` from Python
         args = AppArgs.model_validate(args)
     deployment = options(args)
-    generator = serve.deployment(Generator, name=GENERATOR, **deployment[GENERATOR])
+    # One Generator deployment per served model, the default's named `Generator`.
+    generators = {
+        model: serve.deployment(Generator, name=name, **deployment[name]).bind(args, model)
+        for model, name in generator_names(args).items()
+    }
     jobs = serve.deployment(Jobs, name=JOBS, **deployment[JOBS])
     ingress = serve.deployment(serve.ingress()(Ingress), name=INGRESS, **deployment[INGRESS])
-    return ingress.bind(jobs.bind(generator.bind(args), args), args)
+    return ingress.bind(jobs.bind(generators, args), args)

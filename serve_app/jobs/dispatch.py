@@ -54,6 +54,7 @@ class RunningJob:
     """What this replica keeps about a job it dispatched, until the job's stream ends."""
 
     job_id: str
+    model: str
     stream: Stream
     queued_at: float = field(default_factory=time.time)
     started_at: float | None = None
@@ -69,16 +70,16 @@ class Dispatcher:
         self,
         store: JobStore,
         storage: ResultStorage,
-        generate: GeneratorHandle,
+        generate: dict[str, GeneratorHandle],
         runner: str,
         retention_s: float,
         metrics: JobMetrics,
-        on_started: Callable[[Started], None],
+        on_started: Callable[[str, Started], None],
         on_finished: Callable[[Job, float], None],
     ) -> None:
         self._store = store
         self._storage = storage
-        self._generate = generate
+        self._generate = generate  # by served model: each has its own Generator deployment
         self._runner = runner
         self._retention_s = retention_s
         self._metrics = metrics
@@ -94,7 +95,12 @@ class Dispatcher:
         if request.image_png is None and await asyncio.to_thread(self._storage.exists, job_id, REFERENCE):
             image = await asyncio.to_thread(self._storage.read, job_id, REFERENCE)
             request = request.model_copy(update={"image_png": image})
-        running = RunningJob(job_id, self._generate.remote(request))
+        generate = self._generate.get(request.model)
+        if generate is None:  # queued under a config that served it, adopted under one that does not
+            message = f"This server no longer serves the model {request.model!r}: submit the job again."
+            await self.finish(job_id, JobStatus.FAILED, JobError(code=ErrorCode.MODEL_NOT_SERVED, message=message))
+            return
+        running = RunningJob(job_id, request.model, generate.remote(request))
         self.running[job_id] = running
         running.task = spawn(self._follow(running), name=f"follow {job_id}")
 
@@ -168,7 +174,7 @@ class Dispatcher:
                 await self._failed(job_id, exc)
 
     async def _started(self, running: RunningJob, started: Started) -> bool:
-        self._on_started(started)
+        self._on_started(running.model, started)
         stored = await self._store.get(running.job_id)
         if stored is None:
             self.stop(running.job_id)
@@ -209,7 +215,7 @@ class Dispatcher:
             return
         started_at = running.started_at or time.time()
         timings = JobTimings(queued_s=round(started_at - running.queued_at, 3), **result.timings.model_dump())
-        details = stored.job.details.model_copy(update={"model": result.model, "timings": timings})
+        details = stored.job.details.model_copy(update={"timings": timings})
         await self.finish(job_id, JobStatus.COMPLETED, details=details, result=result)
 
     async def _failed(self, job_id: str, exc: Exception) -> None:

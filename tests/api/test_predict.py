@@ -120,12 +120,12 @@ def test_operational_routes_are_open_and_documented(service, client):
     assert httpx.get(f"{service}/readyz").json() == {"status": "ready", "generator_replicas": 1}
     assert httpx.get(f"{service}/v1/status").status_code == 401
     status = client.get("/v1/status").json()
-    assert (status["model"], status["generator_replicas"]) == ("tiny", 1)
-    # With its first job, the replica said how it runs the model.
-    (runtime,) = status["generators"].values()
+    assert (status["model"], status["models"], status["generator_replicas"]) == ("tiny", ["tiny", "tiny-turbo"], 1)
+    # With its first job, the replica said how it runs the model (of each model, once it ran one).
+    (runtime,) = [runtime for runtime in status["generators"].values() if runtime["model"] == "tiny"]
     assert runtime == {
-        "model": "tiny", "device": "cpu", "dtype": "float32", "memory_mode": "full", "attention_backend": "native",
-        "compile": "off", "cfg_batch": True, "vae_tiling": False,
+        "model": "tiny", "checkpoint": "tiny", "revision": None, "device": "cpu", "dtype": "float32",
+        "memory_mode": "full", "attention_backend": "native", "compile": "off", "cfg_batch": True, "vae_tiling": False,
     }  # fmt: skip
     spec = httpx.get(f"{service}/openapi.json").json()
     assert {"/predict", "/v1/videos", "/v1/videos/{video_id}/content", "/v1/videos/{video_id}/events"} <= set(
