@@ -101,13 +101,13 @@ def test_the_model_picker_shows_each_models_defaults_and_makes_its_video(page):
     fill(page, steps="")
     page.get_by_label(re.compile("^Model")).select_option("tiny-turbo")
     expect(page.locator("#model-hint")).to_have_text("(default 3 steps, guidance 1, shift 5 at 1280x704)")
-    expect(page.locator("#steps-hint")).to_have_text("(3-3, default 3)")
-    expect(page.locator("#guidance-hint")).to_have_text("(none: distilled without)")
+    expect(page.locator("#num_inference_steps-hint")).to_have_text("(3-3, default 3)")
+    expect(page.locator("#guidance_scale-hint")).to_have_text("(none: distilled without)")
     page.get_by_role("button", name="Generate").click()
     expect(page.locator("#status")).to_have_text(re.compile("^Done: 64x64"), timeout=60_000)
     expect(page.locator("#details")).to_contain_text('"model": "tiny-turbo"')
     page.get_by_label(re.compile("^Model")).select_option("tiny")
-    expect(page.locator("#steps-hint")).to_have_text("(1-100, default 50)")
+    expect(page.locator("#num_inference_steps-hint")).to_have_text("(1-100, default 50)")
 
 
 def test_cancel_a_slow_job(page, client):
