@@ -83,6 +83,8 @@ class GenerationParameters(BaseModel):
     fps: int
     seed: int
     speed_mode: SpeedMode = "quality"
+    model: str = Field(description="The served model's id.")
+    shift: float = Field(description="The flow shift of the sampling schedule.")
 
 
 class GenerationRequest(GenerationParameters):
@@ -143,7 +145,6 @@ class VideoDetails(GenerationParameters):
 
     mode: Literal["t2v", "ti2v"]
     image_url: str | None = None
-    model: str | None = None
     requested: dict[str, str] | None = Field(
         None, description="OpenAI-style `size`, `seconds`, `model` as sent, before mapping to the values above."
     )
