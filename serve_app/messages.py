@@ -33,7 +33,7 @@ class SizedRequest(Protocol):
     @property
     def num_frames(self) -> int: ...
     @property
-    def guidance_scale(self) -> float: ...
+    def guidance_scale(self) -> float | None: ...  # None: not yet resolved from its model
 
 
 class VideoShape(BaseModel):
@@ -47,6 +47,8 @@ class VideoShape(BaseModel):
 
     @classmethod
     def of(cls, request: SizedRequest, image: bool) -> "VideoShape":
+        if request.guidance_scale is None:  # an API request before `api.models.apply_model`
+            raise ValueError("a request's shape needs its guidance_scale, resolved from its model")
         return cls(
             width=request.width,
             height=request.height,

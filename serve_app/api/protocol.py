@@ -189,7 +189,7 @@ def field_bounds() -> dict[str, dict[str, Any]]:
     show): an optional field's bounds are those of its non-null type, its default None."""
     bounds = {}
     for name, field in VideoRequest.model_json_schema()["properties"].items():
-        typed = next((option for option in field.get("anyOf", []) if option.get("type") != "null"), {})
+        typed: dict[str, Any] = next((option for option in field.get("anyOf", []) if option.get("type") != "null"), {})
         bounds[name] = {key: value for key, value in {**typed, **field}.items() if key in _BOUNDS}
     return bounds
 

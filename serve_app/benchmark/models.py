@@ -20,6 +20,7 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -56,7 +57,7 @@ def text_encoder_flops() -> int:
     return counter.get_total_flops()
 
 
-def job_costs(models: list[ModelSpec], width: int, height: int, frames: int) -> list[dict]:
+def job_costs(models: list[ModelSpec], width: int, height: int, frames: int) -> list[dict[str, Any]]:
     """Each model's default job at this size: passes, FLOPs by stage, the decode's share."""
     per_pass = transformer_flops(TRANSFORMER_CONFIG, width, height, frames)
     decode = decode_flops(width, height, frames)
@@ -85,7 +86,7 @@ def job_costs(models: list[ModelSpec], width: int, height: int, frames: int) -> 
     return rows
 
 
-def measure_stages(args: AppArgs, width: int, height: int, frames: int, runs: int) -> list[dict]:
+def measure_stages(args: AppArgs, width: int, height: int, frames: int, runs: int) -> list[dict[str, Any]]:
     """Each model's default job, timed stage by stage on this machine."""
     from serve_app.engine.runner import make_runner
     from serve_app.messages import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, StageTimings
@@ -109,7 +110,7 @@ def measure_stages(args: AppArgs, width: int, height: int, frames: int, runs: in
     return rows
 
 
-def stages_table(rows: list[dict]) -> str:
+def stages_table(rows: list[dict[str, Any]]) -> str:
     names = [name for name in rows[0] if name.endswith("_s")]
     lines = ["| model | video | steps | " + " | ".join(names) + " |", "|---|---|---:|" + "---:|" * len(names)]
     for row in rows:
@@ -119,7 +120,7 @@ def stages_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| model | video | steps | passes | transformer PFLOP | text encoder TFLOP | VAE decode PFLOP | job PFLOP "
         "| decode share |",

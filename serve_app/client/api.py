@@ -60,7 +60,8 @@ class WanClient:
 
     def models(self) -> list[dict[str, Any]]:
         """The served models (`GET /v1/models`), the default first: each one's id, defaults and limits."""
-        return self._request("GET", "/v1/models").json()["data"]
+        models: list[dict[str, Any]] = self._request("GET", "/v1/models").json()["data"]
+        return models
 
     def predict(self, prompt: str, *, image: str | Path | None = None, **params: Any) -> tuple[bytes, dict[str, Any]]:
         """The synchronous call of the hosted API: the MP4 bytes and the `details`. `params` are the

@@ -5,7 +5,7 @@ the weights' values: the benchmark and the memory model use it, no download need
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,7 +30,7 @@ TRANSFORMER_CONFIG = {
     "eps": 1e-6,
     "rope_max_seq_len": 1024,
 }
-VAE_CONFIG = {
+VAE_CONFIG: dict[str, Any] = {
     "base_dim": 160,
     "decoder_base_dim": 256,
     "z_dim": 48,

@@ -3,6 +3,8 @@ state): UniPC on flow sigmas at the request's shift (Wan2.2's own), and DMD: Flo
 stochastic re-noising at a distilled model's fixed timesteps, drawing its noise from the request's
 own generator."""
 
+from typing import Any
+
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -10,7 +12,7 @@ from serve_app.config import Recipe
 from serve_app.engine.full_size import wan_scheduler
 
 
-class DMDScheduler(FlowMatchEulerDiscreteScheduler):
+class DMDScheduler(FlowMatchEulerDiscreteScheduler):  # type: ignore[misc]  # Any: mypy skips diffusers (pyproject.toml)
     """At each of `timesteps` (sigma = t / 1000) the model predicts x0, re-noised to the next
     timestep's sigma (diffusers' `stochastic_sampling`); the last step gives x0 itself.
 
@@ -23,7 +25,9 @@ class DMDScheduler(FlowMatchEulerDiscreteScheduler):
         self.fixed_timesteps = list(timesteps)
         self.generator = generator
 
-    def set_timesteps(self, num_inference_steps: int | None = None, device=None, **_) -> None:
+    def set_timesteps(
+        self, num_inference_steps: int | None = None, device: str | torch.device | None = None, **_: Any
+    ) -> None:
         timesteps = torch.tensor(self.fixed_timesteps, dtype=torch.float32, device=device)
         self.timesteps = timesteps
         self.sigmas = torch.cat([timesteps / self.config.num_train_timesteps, torch.zeros(1, device=device)])
@@ -31,11 +35,11 @@ class DMDScheduler(FlowMatchEulerDiscreteScheduler):
         self._step_index = None
         self._begin_index = None
 
-    def step(self, *args, generator: torch.Generator | None = None, **kwargs):
+    def step(self, *args: Any, generator: torch.Generator | None = None, **kwargs: Any) -> Any:
         return super().step(*args, generator=generator or self.generator, **kwargs)
 
 
-def make_scheduler(recipe: Recipe, shift: float, generator: torch.Generator):
+def make_scheduler(recipe: Recipe, shift: float, generator: torch.Generator) -> Any:
     """The scheduler of one generation by `recipe`."""
     if recipe.timesteps is not None:
         return DMDScheduler(recipe.timesteps, shift, generator)
