@@ -177,7 +177,9 @@ def main(argv: list[str] | None = None, command: str | None = None) -> int:
     served = service_status(host, opts.api_key)
     run["model"] = served.get("model")
     run["simulator"] = next(
-        (runtime for runtime in served.get("generators", {}).values() if runtime.get("model") == "simulated"), None
+        # A simulated generator's checkpoint says so (its `model` is the served model's id).
+        (runtime for runtime in served.get("generators", {}).values() if runtime.get("checkpoint") == "simulated"),
+        None,
     )
     (out / RUN).write_text(json.dumps(run, indent=2))
     report = write_report(out)

@@ -20,7 +20,7 @@ import gevent
 from locust import FastHttpUser, LoadTestShape, events, task
 from locust.env import Environment
 
-from loadtests.mix import parse_mix
+from loadtests.mix import Choice, parse_mix
 from serve_app.messages import JobStatus
 
 REJECTION_STATUSES = (429, 503)
@@ -33,7 +33,8 @@ def add_options(parser) -> None:
     group.add_argument(
         "--steps-mix",
         default="20:2,30:4,50:3,100:1",
-        help="step counts and their weights, as steps:weight,... (default: the guide's four, 30 most often)",
+        help="step counts (and models) and their weights, as [model@]steps:weight,... (default: the guide's four, "
+        "30 most often, on the default model)",
     )
     group.add_argument("--size", default="1280x704", help="WIDTHxHEIGHT of every video (default 1280x704)")
     group.add_argument("--frames", type=int, default=121, help="frames of every video (default 121)")
@@ -92,16 +93,18 @@ class WanUser(FastHttpUser):
     def wait_time(self) -> float:
         return self.environment.parsed_options.think_time
 
-    def body(self, steps: int) -> dict:
+    def body(self, choice: Choice) -> dict:
+        model = {"model": choice.model} if choice.model else {}
         return {
             "prompt": "a red fox running through fresh snow, cinematic",
             "width": self.width,
             "height": self.height,
             "num_frames": self.frames,
-            "num_inference_steps": steps,
+            "num_inference_steps": choice.steps,
+            **model,
         }
 
-    def pick_steps(self) -> int:
+    def pick(self) -> Choice:
         return random.choices(list(self.mix), weights=list(self.mix.values()))[0]
 
     def rejected(self, response) -> bool:
@@ -116,7 +119,7 @@ class WanUser(FastHttpUser):
         self.sample({"outcome": "rejected", "status": response.status_code, "code": code})
         return True
 
-    def record(self, steps: int, submitted: float, details: dict) -> None:
+    def record(self, choice: Choice, submitted: float, details: dict) -> None:
         """The three custom statistics of a completed job, and its sample line."""
         timings = details.get("timings") or {}
         queue_s = timings.get("queued_s", 0.0)
@@ -124,12 +127,13 @@ class WanUser(FastHttpUser):
         end_to_end_s = time.time() - submitted
         for name, seconds in (("queue wait", queue_s), ("generation", generation_s), ("end-to-end", end_to_end_s)):
             self.environment.events.request.fire(
-                request_type="JOB", name=f"{name} [{steps} steps]", response_time=seconds * 1000, response_length=0
+                request_type="JOB", name=f"{name} [{choice.label}]", response_time=seconds * 1000, response_length=0
             )
         self.sample(
             {
                 "outcome": "completed",
-                "steps": steps,
+                "steps": choice.steps,
+                "model": choice.model,
                 "submitted_at": submitted,
                 "queue_s": queue_s,
                 "generation_s": generation_s,
@@ -137,15 +141,15 @@ class WanUser(FastHttpUser):
             }
         )
 
-    def job_failed(self, steps: int, message: str) -> None:
+    def job_failed(self, choice: Choice, message: str) -> None:
         self.environment.events.request.fire(
             request_type="JOB",
-            name=f"end-to-end [{steps} steps]",
+            name=f"end-to-end [{choice.label}]",
             response_time=0,
             response_length=0,
             exception=RuntimeError(message),
         )
-        self.sample({"outcome": "failed", "steps": steps, "message": message})
+        self.sample({"outcome": "failed", "steps": choice.steps, "model": choice.model, "message": message})
 
     def sample(self, line: dict) -> None:
         path = self.environment.parsed_options.samples_file
@@ -162,20 +166,22 @@ class PredictUser(WanUser):
 
     @task
     def predict(self) -> None:
-        steps = self.pick_steps()
+        choice = self.pick()
         submitted = time.time()
-        with self.client.post("/predict", json=self.body(steps), headers=self.headers, catch_response=True) as response:
+        with self.client.post(
+            "/predict", json=self.body(choice), headers=self.headers, catch_response=True
+        ) as response:
             if self.rejected(response):
                 return
             if response.status_code != 200:
                 response.failure(f"{response.status_code}: {response.text[:200]}")
-                self.job_failed(steps, f"/predict answered {response.status_code}")
+                self.job_failed(choice, f"/predict answered {response.status_code}")
                 return
             payload = response.json()
             if not payload.get("video_base64"):
                 response.failure("no video in the response")
                 return
-        self.record(steps, submitted, payload["details"])
+        self.record(choice, submitted, payload["details"])
 
 
 class JobsUser(WanUser):
@@ -198,9 +204,9 @@ class JobsUser(WanUser):
 
     @task
     def submit(self) -> None:
-        steps = self.pick_steps()
+        choice = self.pick()
         submitted = time.time()
-        body = self.body(steps)
+        body = self.body(choice)
         with self.client.post("/v1/videos", json=body, headers=self.headers, catch_response=True) as response:
             if self.rejected(response):
                 return
@@ -210,18 +216,18 @@ class JobsUser(WanUser):
             job_id = response.json()["id"]
         self.in_flight.add(job_id)
         if self.environment.parsed_options.arrival_rate:
-            follower = gevent.spawn(self.follow, job_id, steps, submitted)
+            follower = gevent.spawn(self.follow, job_id, choice, submitted)
             follower.link_exception(self.crashed)
         else:
-            self.follow(job_id, steps, submitted)
+            self.follow(job_id, choice, submitted)
 
-    def follow(self, job_id: str, steps: int, submitted: float) -> None:
+    def follow(self, job_id: str, choice: Choice, submitted: float) -> None:
         job = self.events_until_done(job_id)
         if job is None or job["id"] in self.cancelled:
             return
         if job["status"] != "completed":
             self.in_flight.discard(job_id)
-            self.job_failed(steps, f"job {job_id} {job['status']}: {job.get('error')}")
+            self.job_failed(choice, f"job {job_id} {job['status']}: {job.get('error')}")
             return
         with self.client.get(
             f"/v1/videos/{job_id}/content", name="/v1/videos/{id}/content", headers=self.headers, catch_response=True
@@ -230,7 +236,7 @@ class JobsUser(WanUser):
                 response.failure(f"{response.status_code}: no video")
                 return
         self.in_flight.discard(job_id)
-        self.record(steps, submitted, job["details"])
+        self.record(choice, submitted, job["details"])
 
     def events_until_done(self, job_id: str) -> dict | None:
         """The job as its last server-sent event gave it (None when the stream broke)."""

@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: files only, whatever the display
 from matplotlib.ticker import MaxNLocator
 
+from loadtests.mix import Choice
 from loadtests.queueing import mgc_mean_wait, mmc_wait
 from serve_app.engine.simulator import GUIDE_L40_S, L40_REFERENCE_VOLUME
 
@@ -52,27 +53,36 @@ def fmt(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds >= 10 else f"{seconds:.2f} s"
 
 
+def by_choice(completed: list[dict]) -> dict[Choice, list[dict]]:
+    """The completed jobs by kind (model, steps), the default model's first, fewest steps first."""
+    kinds = sorted(
+        {Choice(job["steps"], job.get("model")) for job in completed}, key=lambda c: (c.model or "", c.steps)
+    )
+    return {kind: [job for job in completed if Choice(job["steps"], job.get("model")) == kind] for kind in kinds}
+
+
 def latency_table(completed: list[dict], run: dict) -> list[str]:
     scale = (run.get("simulator") or {}).get("time_scale")
     width, height = (int(side) for side in run["size"].lower().split("x"))
     guide_note = f"guide (L40) x {scale:g}" if scale else "guide (L40)"
     lines = [
-        f"| steps | jobs | end-to-end p50 | p95 | p99 | queue wait p50 | p95 | generation p50 | {guide_note} |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| jobs of | jobs | end-to-end p50 | p95 | p99 | queue wait p50 | p95 | generation p50 | {guide_note} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for steps in sorted({job["steps"] for job in completed}):
-        jobs = [job for job in completed if job["steps"] == steps]
+    for choice, jobs in by_choice(completed).items():
+        steps = choice.steps
         e2e = percentiles([job["end_to_end_s"] for job in jobs])
         queue = percentiles([job["queue_s"] for job in jobs])
         generation = statistics.median(job["generation_s"] for job in jobs)
-        low, high = GUIDE_L40_S.get(steps, (None, None))
+        # The guide's table is the default model's (Wan2.2, 50-step recipe).
+        low, high = (None, None) if choice.model else GUIDE_L40_S.get(steps, (None, None))
         if low is None:
             guide = "not in the guide"
         else:
             factor = scale or 1
             guide = f"{fmt(low * factor)} - {fmt(high * factor)}"
         lines.append(
-            f"| {steps} | {len(jobs)} | {fmt(e2e[0])} | {fmt(e2e[1])} | {fmt(e2e[2])} | {fmt(queue[0])} | "
+            f"| {choice.label} | {len(jobs)} | {fmt(e2e[0])} | {fmt(e2e[1])} | {fmt(e2e[2])} | {fmt(queue[0])} | "
             f"{fmt(queue[1])} | {fmt(generation)} | {guide} |"
         )
     if width * height * run["frames"] != L40_REFERENCE_VOLUME:
@@ -152,10 +162,9 @@ def queueing_lines(samples: list[dict], replicas: list[tuple[float, int]], run: 
 def plot_latency(folder: Path, completed: list[dict], replicas: list[tuple[float, int]], started: float) -> None:
     figure = Figure(figsize=(9, 4.5))
     axis = figure.subplots()
-    for steps in sorted({job["steps"] for job in completed}):
-        jobs = [job for job in completed if job["steps"] == steps]
+    for choice, jobs in by_choice(completed).items():
         done = [job["submitted_at"] + job["end_to_end_s"] - started for job in jobs]
-        axis.scatter(done, [job["end_to_end_s"] for job in jobs], s=14, label=f"{steps} steps")
+        axis.scatter(done, [job["end_to_end_s"] for job in jobs], s=14, label=choice.label)
     axis.set_xlabel("seconds since the start of the run (job finished)")
     axis.set_ylabel("end-to-end seconds")
     axis.set_ylim(bottom=0)

@@ -1,6 +1,9 @@
 """The capacity simulation: a local multi-node Ray cluster of simulated GPU nodes serving the
-app with `model: simulated`, loaded by Locust with Poisson arrivals at a chosen utilisation,
-reported like any load test, with the queue wait measured beside what M/M/c predicts.
+app with the production config's models simulated (the default, and those the mix names, such as
+`fastwan2.2-ti2v-5b@3:1`: each with its own Generator deployment and its own passes), loaded by
+Locust with Poisson arrivals at a chosen utilisation, reported like any load test, with the queue
+wait measured beside what M/M/c predicts (for one model; with several, their deployments share the
+GPU nodes).
 
     python -m loadtests.simulate --gpu-nodes 3 --utilisation 0.8 --run-time 5m --out report/
 
@@ -15,9 +18,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import yaml
+
 from loadtests.__main__ import main as run_load_test
 from loadtests.mix import parse_mix
 from serve_app.benchmark.local_cluster import cluster_config, free_port, serve_on_gpu_cluster
+from serve_app.benchmark.results import ROOT
+from serve_app.config import AppArgs
 from serve_app.engine.simulator import l40_seconds
 
 KEY = "capacity-simulation-key"
@@ -33,11 +40,30 @@ AUTOSCALING = {
 }
 
 
+def simulated_models(steps_mix: str) -> list[dict]:
+    """The production config's models that the mix asks for (and the default), simulated: each
+    with its recipe, so that the latency model counts its transformer passes."""
+    production = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]["models"]
+    asked = {choice.model for choice in parse_mix(steps_mix)}
+    unknown = asked - {None} - {model["id"] for model in production}
+    if unknown:
+        raise ValueError(f"the mix names models that serve_config.yaml does not serve: {sorted(unknown)}")
+    chosen = [model for index, model in enumerate(production) if index == 0 or model["id"] in asked]
+    return [{**model, "checkpoint": "simulated", "revision": None} for model in chosen]
+
+
 def mean_service_s(steps_mix: str, time_scale: float) -> float:
-    """The latency model's mean job time over the step mix ('20:2,30:4': steps:weight)."""
+    """The latency model's mean job time over the mix ('20:2,fastwan2.2-ti2v-5b@3:1'), each job's
+    passes by its model's guidance."""
     mix = parse_mix(steps_mix)
+    recipes = {spec.id: spec.recipe for spec in AppArgs(models=simulated_models(steps_mix)).served_models}
+    default = next(iter(recipes))
     total = sum(mix.values())
-    return sum(weight * l40_seconds(*SIZE, FRAMES, steps) for steps, weight in mix.items()) / total * time_scale
+    seconds = sum(
+        weight * l40_seconds(*SIZE, FRAMES, choice.steps, guidance=recipes[choice.model or default].guidance)
+        for choice, weight in mix.items()
+    )
+    return seconds / total * time_scale
 
 
 def main() -> int:
@@ -56,7 +82,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="wan-simulation-") as data_dir:
         args = {
-            "model": "simulated",
+            "models": simulated_models(opts.steps_mix),
             "simulated_time_scale": opts.time_scale,
             "data_dir": data_dir,
             "max_queued_jobs": 10_000,

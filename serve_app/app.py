@@ -7,7 +7,7 @@ from ray.serve import Application
 
 from serve_app.api.ingress import Ingress
 from serve_app.config import AppArgs
-from serve_app.deployments import GENERATOR, INGRESS, JOBS, options
+from serve_app.deployments import INGRESS, JOBS, generator_names, options
 from serve_app.engine.generator import Generator
 from serve_app.handles import GeneratorDeployment, JobsDeployment
 from serve_app.jobs.deployment import Jobs
@@ -23,7 +23,11 @@ def build_app(args: AppArgs) -> Application:
     if isinstance(args, dict):  # `serve.run(build_app({...}))` from Python
         args = AppArgs.model_validate(args)
     deployment = options(args)
-    generator = serve.deployment(name=GENERATOR, **deployment[GENERATOR])(GENERATOR_CLASS)
+    # One Generator deployment per served model, the default's named `Generator`.
+    generators = {
+        model: serve.deployment(name=name, **deployment[name])(GENERATOR_CLASS).bind(args, model)
+        for model, name in generator_names(args).items()
+    }
     jobs = serve.deployment(name=JOBS, **deployment[JOBS])(JOBS_CLASS)
     ingress = serve.deployment(name=INGRESS, **deployment[INGRESS])(serve.ingress()(Ingress))
-    return ingress.bind(jobs.bind(generator.bind(args), args), args)
+    return ingress.bind(jobs.bind(generators, args), args)

@@ -5,11 +5,14 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from serve_app.limits import MAX_GUIDANCE, MAX_SHIFT, MAX_STEPS, MIN_GUIDANCE, MODEL_ID_PATTERN
 
 DEFAULT_MODEL = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
 DATABASE_URL_ENV = "WAN_DATABASE_URL"
@@ -43,6 +46,76 @@ class PipelineOptions:
         return width, height, frames
 
 
+class Recipe(BaseModel):
+    """How a model samples: its scheduler, its steps and guidance (defaults and limits), its shift."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scheduler: Literal["unipc", "dmd"] = Field(
+        "unipc",
+        description="`unipc`: the UniPC flow-matching solver (Wan2.2's own). `dmd`: FlowMatchEuler with "
+        "stochastic re-noising at the fixed `timesteps` (a DMD-distilled model such as FastWan2.2).",
+    )
+    default_steps: int = Field(50, ge=1, le=MAX_STEPS)
+    min_steps: int = Field(1, ge=1, le=MAX_STEPS)
+    max_steps: int = Field(MAX_STEPS, ge=1, le=MAX_STEPS)
+    guidance: bool = Field(True, description="Whether classifier-free guidance applies; false: guidance_scale is 1.")
+    default_guidance: float = Field(5.0, ge=MIN_GUIDANCE, le=MAX_GUIDANCE)
+    shift: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_SHIFT,
+        description="The flow shift. None: by the size, as the Wan authors recommend: 5.0 from 720p (the shorter "
+        "side 704 or more), 3.0 below. A request may choose its own, except with `dmd`, whose timesteps are fixed.",
+    )
+    timesteps: list[int] | None = Field(
+        None, description="With `dmd`: the fixed timesteps, one step each (FastWan2.2: [1000, 757, 522])."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Recipe":
+        if not self.min_steps <= self.default_steps <= self.max_steps:
+            raise ValueError("the steps must satisfy min_steps <= default_steps <= max_steps")
+        if not self.guidance and self.default_guidance != 1.0:
+            raise ValueError("without guidance, default_guidance is 1.0")
+        if (self.scheduler == "dmd") != (self.timesteps is not None):
+            raise ValueError("`timesteps` are given with the dmd scheduler, and only with it")
+        if self.timesteps is not None:
+            steps = self.timesteps
+            decreasing = all(a > b for a, b in zip(steps, steps[1:], strict=False))
+            if not (steps and steps[0] <= 1000 and steps[-1] > 0 and decreasing):
+                raise ValueError("dmd timesteps decrease from at most 1000 and stay above 0")
+            if not self.min_steps == self.default_steps == self.max_steps == len(self.timesteps):
+                raise ValueError("a dmd recipe makes one step per timestep: its steps are len(timesteps)")
+        return self
+
+    @property
+    def fixed_timesteps(self) -> bool:
+        return self.timesteps is not None
+
+    def shift_for(self, width: int, height: int) -> float:
+        """The model's shift at this size."""
+        if self.shift is not None:
+            return self.shift
+        return 5.0 if min(width, height) >= 704 else 3.0
+
+
+class ModelSpec(BaseModel):
+    """One served model: an entry of the `models` app argument."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=f"^{MODEL_ID_PATTERN}$", description="What requests name it by (`model`).")
+    checkpoint: str = Field(
+        description="Hugging Face id or local folder of a Diffusers-format Wan2.2 TI2V checkpoint (FastWan2.2's "
+        "too), or `tiny` / `tiny-turbo` (random weights built locally), or `simulated` (the capacity simulator)."
+    )
+    revision: str | None = Field(
+        None, description="The hub revision (branch, tag or commit) to load; None: `main`. Pin a commit in production."
+    )
+    recipe: Recipe = Field(default_factory=Recipe)
+
+
 class AppArgs(BaseModel):
     """Arguments of `serve_app.app:build_app`. Unknown keys are refused, not ignored."""
 
@@ -53,6 +126,12 @@ class AppArgs(BaseModel):
         description="Hugging Face id or local path of a Diffusers-format Wan2.2 TI2V checkpoint, "
         "or `tiny` for a small random checkpoint built locally (tests, CPU demos), or `simulated` for the "
         "capacity simulator: no model, each job takes the time of a latency model of an L40 (load tests).",
+    )
+    models: list[ModelSpec] | None = Field(
+        None,
+        min_length=1,
+        description="The served models, the default first, each with its checkpoint, revision and recipe. "
+        "Omitted: the one model of `model`, with Wan2.2's recipe.",
     )
     simulated_time_scale: float = Field(
         0.01,
@@ -244,6 +323,28 @@ class AppArgs(BaseModel):
         if self.jobs_silent_s < 3 * self.jobs_heartbeat_s:
             raise ValueError("jobs_silent_s must be at least 3 x jobs_heartbeat_s")
         return self
+
+    def _models_or_model(self) -> "AppArgs":
+        if self.models is not None:
+            if "model" in self.model_fields_set:
+                raise ValueError("give `models` or `model`, not both")
+            ids = [spec.id for spec in self.models]
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"model ids must be unique: {ids}")
+        return self
+
+    @property
+    def served_models(self) -> list[ModelSpec]:
+        """The models served, the default first."""
+        if self.models:
+            return self.models
+        # A local folder is known by its name, not by where it lies on the server.
+        name = self.model if re.fullmatch(MODEL_ID_PATTERN, self.model) else Path(self.model).name
+        return [ModelSpec(id=name, checkpoint=self.model)]
+
+    @property
+    def default_model(self) -> ModelSpec:
+        return self.served_models[0]
 
     @property
     def pipeline_options(self) -> PipelineOptions:

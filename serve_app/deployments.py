@@ -1,5 +1,5 @@
-"""The three deployments of the application: their names, the options the code gives them, and
-how many replicas of one are running.
+"""The deployments of the application (the Ingress, Jobs, one Generator per served model): their
+names, the options the code gives them, and how many replicas of one are running.
 
 `options` is the one place of the deployments' options that do not depend on where the app runs;
 the config files (serve_config*.yaml, deploy/rayservice.yaml) set only what does (replica counts,
@@ -16,14 +16,32 @@ from serve_app.config import AppArgs
 APP = "wan"  # the application's name in both Serve configs
 INGRESS = "Ingress"
 JOBS = "Jobs"
-GENERATOR = "Generator"
+GENERATOR = "Generator"  # the default model's; another served model's is `generator_name(id)`
 # A job fills a GPU: one GPU a replica, one generation at a time, no batching.
 GPUS_PER_GENERATOR = 1
 
 
+def generator_name(model: str, default: bool) -> str:
+    """The Generator deployment of a served model: one each, so that each autoscales on its own
+    queue and a job runs on a replica that holds its model (see docs/architecture.md)."""
+    return GENERATOR if default else f"{GENERATOR}-{model}"
+
+
+def generator_names(args: AppArgs) -> dict[str, str]:
+    """Each served model's Generator deployment, by model id, the default model's first."""
+    return {spec.id: generator_name(spec.id, default=index == 0) for index, spec in enumerate(args.served_models)}
+
+
 def options(args: AppArgs) -> dict[str, dict[str, Any]]:
-    """Each deployment's options in code (`serve.deployment` keywords), by name."""
+    """Each deployment's options in code (`serve.deployment` keywords), by name: one Generator
+    deployment per served model, all with the same options."""
     on_gpu = args.device != "cpu"
+    generator = {
+        "max_ongoing_requests": 1,
+        # On a GPU, CPUs for the text encoder's tokenizer, decoding and MP4 encoding.
+        "ray_actor_options": {"num_gpus": GPUS_PER_GENERATOR, "num_cpus": 4} if on_gpu else {"num_cpus": 1},
+        "max_constructor_retry_count": args.max_constructor_retries,
+    }
     return {
         INGRESS: {},
         JOBS: {
@@ -34,12 +52,7 @@ def options(args: AppArgs) -> dict[str, dict[str, Any]]:
             # On a rolling update or shutdown it follows its running jobs to their end (see jobs/handover.py).
             "graceful_shutdown_timeout_s": 1200,
         },
-        GENERATOR: {
-            "max_ongoing_requests": 1,
-            # On a GPU, CPUs for the text encoder's tokenizer, decoding and MP4 encoding.
-            "ray_actor_options": {"num_gpus": GPUS_PER_GENERATOR, "num_cpus": 4} if on_gpu else {"num_cpus": 1},
-            "max_constructor_retry_count": args.max_constructor_retries,
-        },
+        **{name: dict(generator) for name in generator_names(args).values()},
     }
 
 

@@ -46,3 +46,5 @@ class ErrorCode(StrEnum):
     REPLICA_DIED = "replica_died", 500
     INTERRUPTED = "interrupted", 500
     INTERNAL_ERROR = "internal_error", 500
+    # A queued job whose model the server no longer serves (adopted under a new config).
+    MODEL_NOT_SERVED = "model_not_served", 500

@@ -39,7 +39,7 @@ class JobsDeployment(Protocol):
     Ingress calls it."""
 
     async def admit(
-        self, owner: str, idempotency_key: str | None = None, shape: VideoShape | None = None
+        self, owner: str, idempotency_key: str | None = None, shape: VideoShape | None = None, model: str | None = None
     ) -> Refusal | None: ...
 
     async def submit(self, submission: Submission) -> Job | Refusal: ...

@@ -8,9 +8,12 @@ MIN_FRAMES, MAX_FRAMES = 25, 121
 MAX_STEPS = 100
 MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 20.0
 MAX_FPS = 60
+MAX_SHIFT = 20.0  # the flow shift of the sampling schedule
 MAX_SEED = 2**63 - 1
 MAX_TEXT_CHARS = 10_000  # a prompt, a negative prompt
 MAX_URL_CHARS = 4096
 # What a caller names that the service stores or echoes (a form field's name, an upload's file
 # name, a model name): at most this long.
 MAX_NAME_CHARS = 64
+# A model's id (a served model's, or a hub id as the OpenAI SDK's `model=` may send).
+MODEL_ID_PATTERN = rf"[A-Za-z0-9][A-Za-z0-9._:/-]{{0,{MAX_NAME_CHARS - 1}}}"

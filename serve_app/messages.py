@@ -33,7 +33,7 @@ class SizedRequest(Protocol):
     @property
     def num_frames(self) -> int: ...
     @property
-    def guidance_scale(self) -> float: ...
+    def guidance_scale(self) -> float | None: ...  # None: not yet resolved from its model
 
 
 class VideoShape(BaseModel):
@@ -47,6 +47,8 @@ class VideoShape(BaseModel):
 
     @classmethod
     def of(cls, request: SizedRequest, image: bool) -> "VideoShape":
+        if request.guidance_scale is None:  # an API request before `api.models.apply_model`
+            raise ValueError("a request's shape needs its guidance_scale, resolved from its model")
         return cls(
             width=request.width,
             height=request.height,
@@ -83,6 +85,8 @@ class GenerationParameters(BaseModel):
     fps: int
     seed: int
     speed_mode: SpeedMode = "quality"
+    model: str = Field(description="The served model's id.")
+    shift: float = Field(description="The flow shift of the sampling schedule.")
 
 
 class GenerationRequest(GenerationParameters):
@@ -143,7 +147,6 @@ class VideoDetails(GenerationParameters):
 
     mode: Literal["t2v", "ti2v"]
     image_url: str | None = None
-    model: str | None = None
     requested: dict[str, str] | None = Field(
         None, description="OpenAI-style `size`, `seconds`, `model` as sent, before mapping to the values above."
     )

@@ -46,7 +46,9 @@ def ray_cluster() -> Iterator[None]:
     os.environ["WAN_WEBHOOK_SECRET"] = WEBHOOK_SECRET
     ray.init(
         address="local",  # a cluster of its own, never one another process started here
-        num_cpus=2,
+        # A CPU for each of the local config's two Generator replicas (one per model), and one
+        # for a test's extra app.
+        num_cpus=3,
         include_dashboard=False,
         log_to_driver=False,
         _metrics_export_port=METRICS_PORT,

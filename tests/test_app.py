@@ -109,3 +109,16 @@ def test_a_rolling_update_of_the_generators_lets_the_running_job_finish(apps, si
     assert done["status"] == "completed", done["error"]
     assert done["completed_at"] >= int(updating)
     assert wait_for(http, submit(http, **SMALL)["id"])["status"] == "completed"
+
+
+def test_each_job_runs_on_a_replica_that_holds_its_model(client):
+    # One Generator deployment (here one replica) per model: the worker names it. tiny-turbo makes
+    # its 3 steps (SMALL's 2 are outside its range), tiny SMALL's 2.
+    body = {**SMALL, "num_inference_steps": None, "seed": 4}
+    jobs = {"tiny-turbo": submit(client, **body, model="tiny-turbo"), "tiny": submit(client, **SMALL, seed=4)}
+    finished = {model: wait_for(client, job["id"]) for model, job in jobs.items()}
+    assert finished["tiny"]["worker"].startswith("Generator on ")
+    assert finished["tiny-turbo"]["worker"].startswith("Generator-tiny-turbo on ")
+    assert {job["details"]["model"] for job in finished.values()} == {"tiny", "tiny-turbo"}
+    tiny, turbo = (client.get(f"/v1/videos/{finished[m]['id']}/content").content for m in ("tiny", "tiny-turbo"))
+    assert tiny != turbo

@@ -67,7 +67,8 @@ async def status(state: State) -> dict[str, Any]:
     """The model served, the generator replicas running, and how each that ran a job runs the
     model (device, dtype, memory plan, attention backend, compilation; the simulator says so)."""
     return {
-        "model": state.args.model,
+        "model": state.args.default_model.id,
+        "models": [spec.id for spec in state.args.served_models],
         "generator_replicas": await state.running_generators(),
         "generators": await state.jobs.call(JobsDeployment.generators),
     }

@@ -19,6 +19,7 @@ from serve_app.api.errors import install_error_handlers
 from serve_app.api.headers import add_security_headers
 from serve_app.api.health import READY_CACHE_S, Cached, health_router, status_router
 from serve_app.api.images import ImageLoader, ImagePolicy
+from serve_app.api.models import models_router
 from serve_app.api.page import page_router
 from serve_app.api.predict import predict_router
 from serve_app.api.slots import stream_slots, submission_slots
@@ -135,4 +136,5 @@ def create_api(state: IngressState, api_keys: ApiKeys | None) -> FastAPI:
     api.include_router(predict_router)
     api.include_router(videos_router)
     api.include_router(webhook_keys_router)
+    api.include_router(models_router)
     return api

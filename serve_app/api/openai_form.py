@@ -9,7 +9,16 @@ from typing import Any
 
 from serve_app.api.errors import InvalidRequest
 from serve_app.api.protocol import VideoRequest
-from serve_app.limits import MAX_FPS, MAX_FRAMES, MAX_NAME_CHARS, MAX_SIDE, MIN_FRAMES, MIN_SIDE, SIZE_MULTIPLE
+from serve_app.limits import (
+    MAX_FPS,
+    MAX_FRAMES,
+    MAX_NAME_CHARS,
+    MAX_SIDE,
+    MIN_FRAMES,
+    MIN_SIDE,
+    MODEL_ID_PATTERN,
+    SIZE_MULTIPLE,
+)
 
 
 @dataclass(frozen=True)
@@ -19,7 +28,7 @@ class UploadedImage:
 
 
 _SIZE = re.compile(r"(\d{1,5})[xX](\d{1,5})")
-_MODEL = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:/-]{{0,{MAX_NAME_CHARS - 1}}}")
+_MODEL = re.compile(MODEL_ID_PATTERN)
 _SECONDS = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
 
 
@@ -34,7 +43,7 @@ def map_form(fields: dict[str, str], upload: UploadedImage | None) -> tuple[dict
             raise InvalidRequest(
                 f"model must be a model name: letters, digits and . _ : / -, {MAX_NAME_CHARS} at most.", param="model"
             )
-        requested["model"] = model  # accepted; the job reports the model actually served
+        requested["model"] = data["model"] = model
     if (size := data.pop("size", None)) is not None:
         _not_both("size", data, "width", "height")
         data["width"], data["height"] = nearest_size(size)

@@ -16,18 +16,15 @@ from fastapi.responses import FileResponse, HTMLResponse
 
 from serve_app.api.errors import NotFound
 from serve_app.api.headers import page_csp
-from serve_app.api.protocol import VideoRequest
+from serve_app.api.protocol import field_bounds
 from serve_app.limits import MAX_SEED, MAX_TEXT_CHARS
 from serve_app.messages import JobStatus
-
-_BOUNDS = ("minimum", "maximum", "default", "maxLength")
 
 
 def server_values() -> dict[str, Any]:
     """What the page reads from its `server-values` script element."""
-    fields = VideoRequest.model_json_schema()["properties"]
     return {
-        "fields": {name: {k: v for k, v in field.items() if k in _BOUNDS} for name, field in fields.items()},
+        "fields": field_bounds(),
         "max_text_chars": MAX_TEXT_CHARS,
         "max_seed": str(MAX_SEED),  # beyond JavaScript's exact integers: the page reads it as a BigInt
         "terminal_statuses": [status for status in JobStatus if status.is_terminal],

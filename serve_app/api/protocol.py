@@ -12,7 +12,9 @@ from serve_app.limits import (
     MAX_FPS,
     MAX_FRAMES,
     MAX_GUIDANCE,
+    MAX_NAME_CHARS,
     MAX_SEED,
+    MAX_SHIFT,
     MAX_SIDE,
     MAX_STEPS,
     MAX_TEXT_CHARS,
@@ -67,9 +69,28 @@ class VideoRequest(BaseModel):
         description="Frame count, of the form 4n+1.",
         json_schema_extra={"enum": list(range(MIN_FRAMES, MAX_FRAMES + 1, 4))},
     )
-    num_inference_steps: int = Field(50, ge=1, le=MAX_STEPS, description="Denoising steps.")
-    guidance_scale: float = Field(
-        5.0, ge=MIN_GUIDANCE, le=MAX_GUIDANCE, description="Classifier-free guidance strength."
+    model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_NAME_CHARS,
+        description="The id of a served model (`GET /v1/models`); omitted: the default one.",
+    )
+    num_inference_steps: int | None = Field(
+        None, ge=1, le=MAX_STEPS, description="Denoising steps. Omitted: the model's default (50 for Wan2.2)."
+    )
+    guidance_scale: float | None = Field(
+        None,
+        ge=MIN_GUIDANCE,
+        le=MAX_GUIDANCE,
+        description="Classifier-free guidance strength. Omitted: the model's default (5.0 for Wan2.2; 1.0, none, "
+        "for a distilled model).",
+    )
+    shift: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_SHIFT,
+        description="Flow shift of the sampling schedule. Omitted: the model's, by default following the size as "
+        "the Wan authors recommend: 5.0 from 720p (shorter side 704 or more), 3.0 below.",
     )
     fps: int = Field(24, ge=1, le=MAX_FPS, description="Frame rate of the output video.")
     seed: int | None = Field(
@@ -158,6 +179,19 @@ class VideoRequest(BaseModel):
     @property
     def shape(self) -> VideoShape:
         return VideoShape.of(self, image=self.mode == "ti2v")
+
+
+_BOUNDS = ("minimum", "exclusiveMinimum", "maximum", "default", "maxLength")
+
+
+def field_bounds() -> dict[str, dict[str, Any]]:
+    """Each request field's bounds and default, from its JSON schema (what the page and the CLI
+    show): an optional field's bounds are those of its non-null type, its default None."""
+    bounds = {}
+    for name, field in VideoRequest.model_json_schema()["properties"].items():
+        typed: dict[str, Any] = next((option for option in field.get("anyOf", []) if option.get("type") != "null"), {})
+        bounds[name] = {key: value for key, value in {**typed, **field}.items() if key in _BOUNDS}
+    return bounds
 
 
 class PredictResponse(BaseModel):

@@ -10,6 +10,7 @@ from fastapi import Request
 from serve_app.api.dependencies import IngressState
 from serve_app.api.errors import InvalidRequest, Refused, UnsupportedMediaType
 from serve_app.api.images import ImageLoader
+from serve_app.api.models import apply_model
 from serve_app.api.parsing import parse_form_video_request, parse_video_request, read_body
 from serve_app.api.protocol import VideoRequest
 from serve_app.config import SECRET_ENV, webhook_secrets
@@ -40,10 +41,13 @@ async def _submit(request: Request, state: IngressState, owner: str, media_type:
         video_request, requested = await parse_form_video_request(request.headers, body)
     else:
         video_request = await parse_video_request(body)
+    video_request = apply_model(video_request, state.args.served_models)
     _check_fits(video_request, state.args.max_video_pixels)
     idempotency_key = _idempotency_key(request)
     # Refused before any image is fetched or decoded: a refused request leaves no trace.
-    if refusal := await state.jobs.call(JobsDeployment.admit, owner, idempotency_key, video_request.shape):
+    if refusal := await state.jobs.call(
+        JobsDeployment.admit, owner, idempotency_key, video_request.shape, video_request.model
+    ):
         raise Refused(refusal)
     if video_request.webhook_url is not None:
         if not webhook_secrets():
@@ -58,7 +62,6 @@ async def _submit(request: Request, state: IngressState, owner: str, media_type:
         **generation.model_dump(exclude={"image_png"}),
         mode=video_request.mode,
         image_url=video_request.image_url,
-        model=state.args.model,
         requested=requested or None,
     )
     submission = Submission(
@@ -78,7 +81,8 @@ async def _submit(request: Request, state: IngressState, owner: str, media_type:
 async def resolve(
     video_request: VideoRequest, images: ImageLoader, image_param: str = "image_base64"
 ) -> GenerationRequest:
-    """Fill in what the request left open (seed, negative prompt) and prepare its image."""
+    """Fill in what the request left open (seed, negative prompt) and prepare its image; its model
+    and sampling are already resolved (`apply_model`)."""
     return GenerationRequest(
         **video_request.model_dump(exclude={"image_url", "image_base64", "webhook_url", "seed", "negative_prompt"}),
         negative_prompt=(

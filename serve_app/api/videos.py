@@ -33,7 +33,7 @@ _OPENAI_FORM = {
     "required": ["prompt"],
     "properties": {
         "prompt": {"type": "string"},
-        "model": {"type": "string", "description": "Accepted; the job reports the model served."},
+        "model": {"type": "string", "description": "A served model's id (GET /v1/models); omitted: the default."},
         "seconds": {"type": "string", "description": "Mapped to the nearest 4n+1 frame count at fps."},
         "size": {"type": "string", "example": "1280x704", "description": "Mapped to the nearest multiples of 32."},
         "input_reference": {"type": "string", "format": "binary", "description": "The first frame."},

@@ -14,7 +14,8 @@ Sections, in order, so that one call of at most 6 minutes measures at least the 
 default configuration (plan, dtypes, every stage, peak memory beside the memory model's prediction,
 TFLOP/s and the ratio to the floor); the memory model against measured peaks at three sizes (and
 what the plan refuses or runs out of memory on); compilation, regional then full (the replica's
-warm-up time, then the time a step); then guidance one pass at a time; each attention backend that
+warm-up time, then the time a step); turbo (FastWan2.2's 3-step DMD recipe on the same weights:
+every stage, the decode's share); then guidance one pass at a time; each attention backend that
 runs here; fast mode (time a step, blocks skipped); VAE tiling off and on; the text encoder kept on
 the GPU or brought there per job. `--only SECTION` runs only the sections named, `--skip SECTION`
 all but those. Speed options are compared on the latents they make from the same seed (max
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from serve_app.benchmark.measure import (
     BENCHMARK_CACHE,
@@ -53,8 +55,9 @@ from serve_app.benchmark.measure import (
     timed_denoising,
     transformer_flops,
 )
+from serve_app.benchmark.results import ROOT
 from serve_app.capacity import GiB
-from serve_app.config import AppArgs, CompileMode
+from serve_app.config import AppArgs, CompileMode, ModelSpec
 from serve_app.engine.errors import VideoTooLarge
 from serve_app.engine.model import (
     LoadedModel,
@@ -70,7 +73,7 @@ ATTENTION_BACKENDS = ("_flash_3", "flash", "_native_cudnn", "_native_flash", "_n
 MEMORY_SIZES = ((640, 352, 49), (960, 544, 81), (1280, 704, 121))
 FAST_STEPS = 8  # fast mode skips only once consecutive steps are alike
 SECTIONS = (
-    "default", "memory_model", "compile_regional", "compile_full", "cfg_batch_off", "attention_backends",
+    "default", "memory_model", "compile_regional", "compile_full", "turbo", "cfg_batch_off", "attention_backends",
     "fast_mode", "vae_tiling", "text_encoder",
 )  # fmt: skip
 
@@ -242,6 +245,28 @@ def run_check(opts: argparse.Namespace) -> Path:
             encoder.to(home)
         return figures
 
+    def turbo() -> dict[str, Any]:
+        """FastWan2.2's recipe (the production config's DMD model) on the same weights: 3 steps of
+        one pass each, then the decode, which dominates such a job."""
+        spec = next(spec for spec in production_models() if spec.recipe.fixed_timesteps)
+        recipe = spec.recipe
+        fast = PipelineRunner(model, spec)
+        job = request(width, height, frames, recipe.default_steps).model_copy(
+            update={
+                "model": spec.id,
+                "guidance_scale": recipe.default_guidance,
+                "shift": recipe.shift_for(width, height),
+            }
+        )
+        fast.run(job)  # the batch-of-one graph's first call
+        timings = fast.run(job).timings.model_dump()
+        total_s = sum(timings.values())
+        return {
+            "model": spec.id, "steps": recipe.default_steps, "transformer_passes": recipe.default_steps, **timings,
+            "step_s": round(timings["denoising_s"] / recipe.default_steps, 4), "total_s": round(total_s, 3),
+            "decoding_share": round(timings["decoding_s"] / total_s, 3),
+        }  # fmt: skip
+
     def memory_model() -> dict[str, Any]:
         """Each size's measured peak beside the prediction; or the plan's refusal, or the GPU's
         out-of-memory error (after which the replica, like this, empties the cache and goes on)."""
@@ -302,6 +327,7 @@ def run_check(opts: argparse.Namespace) -> Path:
     check.section("memory_model", 60, memory_model)
     check.section("compile_regional", 120, compiled("regional"))
     check.section("compile_full", 150, compiled("full"))
+    check.section("turbo", 2 * (3 * estimate / 2 + 30), turbo)
     check.section("cfg_batch_off", 2 * estimate * opts.steps, sequential_guidance)
     check.section("attention_backends", len(ATTENTION_BACKENDS) * estimate * opts.steps, attention)
     check.section("fast_mode", 3 * estimate * FAST_STEPS, fast_mode)
@@ -325,6 +351,12 @@ def planned_free_bytes(device: torch.device, gpu_gib: float | None) -> int | Non
         raise ValueError(f"--gpu-gib {gpu_gib:g}: this GPU has {total / GiB:.1f} GiB")
     torch.cuda.set_per_process_memory_fraction(gpu_gib * GiB / total, device)
     return int(gpu_gib * GiB)
+
+
+def production_models() -> list[ModelSpec]:
+    """The models of serve_config.yaml, with their recipes."""
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    return AppArgs.model_validate(config["applications"][0]["args"]).served_models
 
 
 def _extrapolated(timings: dict[str, Any], step_s: float) -> dict[str, float]:

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from serve_app.deployments import APP, GENERATOR, GPUS_PER_GENERATOR, INGRESS, replica_states
+from serve_app.config import AppArgs
+from serve_app.deployments import APP, GENERATOR, GPUS_PER_GENERATOR, INGRESS, generator_names, replica_states
 
 LOOPBACK = "127.0.0.1"
 
@@ -24,7 +25,18 @@ def free_port() -> int:
 
 
 def cluster_config(port: int, args: dict[str, Any], autoscaling: dict[str, Any]) -> dict[str, Any]:
-    """A Serve config of the app whose generator asks for one GPU a replica and autoscales."""
+    """A Serve config of the app whose generators (one deployment per model) ask for one GPU a
+    replica and autoscale."""
+    generators = [
+        {
+            "name": name,
+            # A GPU from Ray's point of view, though the work runs on the CPU.
+            "ray_actor_options": {"num_gpus": GPUS_PER_GENERATOR, "num_cpus": 1},
+            "autoscaling_config": {"target_ongoing_requests": 1, **autoscaling},
+            "graceful_shutdown_timeout_s": 30,
+        }
+        for name in generator_names(AppArgs.model_validate(args)).values()
+    ]
     return {
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": port, "request_timeout_s": 600},
@@ -36,13 +48,7 @@ def cluster_config(port: int, args: dict[str, Any], autoscaling: dict[str, Any])
                 "args": args,
                 "deployments": [
                     {"name": INGRESS, "num_replicas": 1, "ray_actor_options": {"num_cpus": 0}},
-                    {
-                        "name": GENERATOR,
-                        # A GPU from Ray's point of view, though the work runs on the CPU.
-                        "ray_actor_options": {"num_gpus": GPUS_PER_GENERATOR, "num_cpus": 1},
-                        "autoscaling_config": {"target_ongoing_requests": 1, **autoscaling},
-                        "graceful_shutdown_timeout_s": 30,
-                    },
+                    *generators,
                 ],
             }
         ],
@@ -94,5 +100,5 @@ def serve_on_gpu_cluster(gpu_nodes: int, config: dict[str, Any], api_key: str) -
 
 
 def generator_replicas() -> dict[str, int]:
-    """The generator's replicas by state."""
+    """The default model's generator replicas by state."""
     return replica_states(APP, GENERATOR)

@@ -49,7 +49,7 @@ def request(width: int, height: int, frames: int, steps: int, **fields: Any) -> 
     return GenerationRequest(
         prompt="a red fox running through fresh snow, cinematic", negative_prompt=DEFAULT_NEGATIVE_PROMPT,
         width=width, height=height, num_frames=frames, num_inference_steps=steps, guidance_scale=5.0, fps=24,
-        seed=0, **fields,
+        seed=0, **{"model": "benchmark", "shift": 5.0, **fields},
     )  # fmt: skip
 
 

@@ -52,7 +52,9 @@ def main() -> None:
     args = AppArgs(model="tiny", device="cpu", cache_dir=Path(tempfile.mkdtemp()), allow_unauthenticated=True)
 
     generator = Generator(args)
-    request = GenerationRequest(**body, negative_prompt=DEFAULT_NEGATIVE_PROMPT, guidance_scale=5.0, fps=24)
+    request = GenerationRequest(
+        **body, negative_prompt=DEFAULT_NEGATIVE_PROMPT, guidance_scale=5.0, fps=24, model="tiny", shift=3.0
+    )
     generator.runner.run(request)  # warm-up
     local = [_timed(lambda: generator.runner.run(request))[0] for _ in range(opts.runs)]
     local_video = generator.runner.run(request).video_mp4

@@ -58,8 +58,14 @@ class WanClient:
 
     # The API.
 
+    def models(self) -> list[dict[str, Any]]:
+        """The served models (`GET /v1/models`), the default first: each one's id, defaults and limits."""
+        models: list[dict[str, Any]] = self._request("GET", "/v1/models").json()["data"]
+        return models
+
     def predict(self, prompt: str, *, image: str | Path | None = None, **params: Any) -> tuple[bytes, dict[str, Any]]:
-        """The synchronous call of the hosted API: the MP4 bytes and the `details`."""
+        """The synchronous call of the hosted API: the MP4 bytes and the `details`. `params` are the
+        body's other fields, `model="fastwan2.2-ti2v-5b"` among them (omitted: the default model)."""
         body = self._body(prompt, image, params)
         response = self._request("POST", "/predict", json=body, timeout=httpx.Timeout(30.0, read=None))
         data = response.json()
@@ -68,7 +74,8 @@ class WanClient:
     def submit(
         self, prompt: str, *, image: str | Path | None = None, idempotency_key: str | None = None, **params: Any
     ) -> Video:
-        """Queue a job. Retries reuse one Idempotency-Key, so they never queue it twice."""
+        """Queue a job (`params` as for `predict`, `model=` included). Retries reuse one
+        Idempotency-Key, so they never queue it twice."""
         headers = {"Idempotency-Key": idempotency_key or secrets.token_urlsafe(16)}
         body = self._body(prompt, image, params)
         return Video.model_validate(self._request("POST", "/v1/videos", json=body, headers=headers).json())

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from serve_app.api.protocol import VideoRequest
+from serve_app.api.protocol import field_bounds
 from serve_app.api.resources import Video
 from serve_app.client.api import WanClient, WanError
 from serve_app.limits import SIZE_MULTIPLE
@@ -14,9 +14,12 @@ from serve_app.messages import JobStatus
 
 
 def _range(field: str) -> str:
-    """A request field's bounds and default, as the service's request model has them."""
-    schema = VideoRequest.model_json_schema()["properties"][field]
-    return f"{schema['minimum']}-{schema['maximum']} (default {schema['default']})"
+    """A request field's bounds and default, as the service's request model has them (steps,
+    guidance and shift default to the model's, within its own limits: `wan-client models`)."""
+    bounds = field_bounds()[field]
+    low = bounds.get("minimum", bounds.get("exclusiveMinimum"))
+    default = "the model's" if bounds.get("default") is None else bounds["default"]
+    return f"{low}-{bounds['maximum']} (default {default})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,8 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--height", type=int, help=f"multiple of {SIZE_MULTIPLE}, {_range('height')}")
     generate.add_argument("--width", type=int, help=f"multiple of {SIZE_MULTIPLE}, {_range('width')}")
     generate.add_argument("--num-frames", type=int, help=f"4n+1, {_range('num_frames')}")
+    generate.add_argument("--model", help="a served model's id (`wan-client models`; default: the server's default)")
     generate.add_argument("--num-inference-steps", type=int, help=_range("num_inference_steps"))
     generate.add_argument("--guidance-scale", type=float, help=_range("guidance_scale"))
+    generate.add_argument("--shift", type=float, help=_range("shift"))
     generate.add_argument("--fps", type=int, help=_range("fps"))
     generate.add_argument("--seed", type=int, help="for a reproducible video (default: drawn, and reported)")
     generate.add_argument(
@@ -50,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in [("status", "show a job"), ("cancel", "cancel a job")]:
         commands.add_parser(name, help=text).add_argument("job_id")
     commands.add_parser("list", help="your recent jobs")
+    commands.add_parser("models", help="the served models, their defaults and limits")
     return parser
 
 
@@ -62,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "list":
                 for job in client.list_jobs().data:
                     print(f"{job.id}  {job.status:<11} {job.progress:>3}%  {job.size}  {job.prompt[:60]}")
+            elif args.command == "models":
+                for model in client.models():
+                    defaults, steps = model["defaults"], model["limits"]["num_inference_steps"]
+                    print(
+                        f"{model['id']}  {defaults['num_inference_steps']} steps ({steps['min']}-{steps['max']}), "
+                        f"guidance {defaults['guidance_scale']:g}, shift {defaults['shift']:g} at 1280x704"
+                    )
             else:
                 action = client.get if args.command == "status" else client.cancel
                 print(action(args.job_id).model_dump_json(indent=2))
@@ -75,7 +88,8 @@ def _generate(client: WanClient, args: argparse.Namespace) -> int:
     params = {
         name: getattr(args, name)
         for name in (
-            "negative_prompt", "height", "width", "num_frames", "num_inference_steps", "guidance_scale", "speed_mode"
+            "model", "negative_prompt", "height", "width", "num_frames", "num_inference_steps", "guidance_scale",
+            "shift", "speed_mode",
         )
     }  # fmt: skip
     started = time.monotonic()

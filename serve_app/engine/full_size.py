@@ -5,7 +5,7 @@ the weights' values: the benchmark and the memory model use it, no download need
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,7 +30,7 @@ TRANSFORMER_CONFIG = {
     "eps": 1e-6,
     "rope_max_seq_len": 1024,
 }
-VAE_CONFIG = {
+VAE_CONFIG: dict[str, Any] = {
     "base_dim": 160,
     "decoder_base_dim": 256,
     "z_dim": 48,
@@ -99,12 +99,13 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def wan_scheduler() -> "UniPCMultistepScheduler":
-    """The checkpoint's scheduler (scheduler/scheduler_config.json): UniPC on flow sigmas, shift 5."""
+def wan_scheduler(shift: float = 5.0) -> "UniPCMultistepScheduler":
+    """The checkpoint's scheduler (scheduler/scheduler_config.json): UniPC on flow sigmas, shift 5
+    unless asked otherwise."""
     from diffusers import UniPCMultistepScheduler
 
     return UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0, num_train_timesteps=1000
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift, num_train_timesteps=1000
     )
 
 

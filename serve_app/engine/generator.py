@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import ray
 import torch
+from ray.serve.context import _get_internal_replica_context
 
 from serve_app.common.logs import use_serve_log_handlers
 from serve_app.config import AppArgs
@@ -24,12 +25,14 @@ logger = logging.getLogger(__name__)
 
 
 class Generator:
-    """Loads the model once in its constructor; `generate` turns a request into an MP4. `runner`
-    replaces the one `args` name (tests pass one-behaviour fakes)."""
+    """Loads its model (`model`: a served model's id; None: the default one) once in its
+    constructor; `generate` turns a request into an MP4. One deployment per served model. `runner`
+    replaces the one `args` and `model` name (tests pass one-behaviour fakes)."""
 
-    def __init__(self, args: AppArgs, runner: Runner | None = None) -> None:
+    def __init__(self, args: AppArgs, model: str | None = None, runner: Runner | None = None) -> None:
         use_serve_log_handlers()
-        self.runner = runner or make_runner(args)
+        spec = next(spec for spec in args.served_models if model in (None, spec.id))
+        self.runner = runner or make_runner(args, spec)
         self.runner.warm_up(args.warmup_size)
         # One thread: a replica never runs two generations at once, whatever its config says.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wan-generate")
@@ -118,8 +121,11 @@ class Generator:
 
 
 def _worker_name() -> str | None:
-    """The Ray node and GPU this replica runs on, reported with each job (None outside Ray)."""
+    """The deployment (so, the model), Ray node and GPU of this replica, reported with each job
+    (None outside Ray)."""
     if not ray.is_initialized():
         return None
     gpus = ",".join(map(str, ray.get_gpu_ids())) or "none"
-    return f"node {ray.get_runtime_context().get_node_id()[:12]}, GPU {gpus}"
+    replica = _get_internal_replica_context()  # None when built outside a Serve replica (tests)
+    deployment = f"{replica.deployment} on " if replica else ""
+    return f"{deployment}node {ray.get_runtime_context().get_node_id()[:12]}, GPU {gpus}"

@@ -1,6 +1,7 @@
 """Loading a Wan2.2 TI2V checkpoint once: one set of weights, two pipelines (text-to-video and
 text+image-to-video) that share them, placed on the device by a memory plan."""
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from serve_app.capacity import PLANS, Capacity, MemoryMode, Plan
 from serve_app.config import CompileMode, PipelineOptions
 from serve_app.engine.checkpoint import check_files, check_tokenizer
 from serve_app.engine.errors import ModelLoadError
+from serve_app.engine.full_size import wan_scheduler
 from serve_app.engine.memory import MemoryTracer, choose_plan
 from serve_app.engine.speedups import (
     AttentionUnavailable,
@@ -25,7 +27,7 @@ from serve_app.engine.speedups import (
     place,
     set_vae_tiling,
 )
-from serve_app.engine.tiny import ensure_tiny_checkpoint
+from serve_app.engine.tiny import TINY, TINY_TURBO, ensure_tiny_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ class LoadedModel:
     guidance: BatchedGuidance | None = None
     # What this replica's GPU memory allows; None on a CPU, which has no such limit to plan for.
     capacity: Capacity | None = None
+    # The hub commit loaded (a `revision` resolved); None for a local folder or a tiny checkpoint.
+    commit: str | None = None
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -94,28 +98,39 @@ def _looks_like_path(model: str) -> bool:
 
 
 def load_model(
-    model: str, device: torch.device, cache_dir: Path, options: PipelineOptions | None = None
+    model: str,
+    device: torch.device,
+    cache_dir: Path,
+    options: PipelineOptions | None = None,
+    revision: str | None = None,
 ) -> LoadedModel:
-    """Load the checkpoint with the speed and memory `options`, or raise ModelLoadError saying what
-    to do instead."""
+    """Load the checkpoint (at the hub `revision`) with the speed and memory `options`, or raise
+    ModelLoadError saying what to do instead. A FastWan2.2 checkpoint's model_index.json names
+    `WanDMDPipeline`, which diffusers lacks: its modules load into the WanPipeline run here, and its
+    recipe's scheduler replaces the one of the checkpoint."""
     options = options or PipelineOptions()
     if device.type == "cuda":
         use_expandable_segments()
-    if model == "tiny":
-        logger.warning("Loading the `tiny` model: random weights, its videos are noise (for tests and demos).")
-        source = str(ensure_tiny_checkpoint(cache_dir))
+    if model in (TINY, TINY_TURBO):
+        logger.warning("Loading the `%s` model: random weights, its videos are noise (for tests and demos).", model)
+        source = str(ensure_tiny_checkpoint(cache_dir, model))
     else:
         source = model
         if _looks_like_path(model) and not Path(model).expanduser().is_dir():
             raise ModelLoadError(f"{model!r} is not a folder. {_WHAT_TO_DO}")
     dtype = resolve_dtype(options.dtype, device)
     try:
-        check_files(source)
+        check_files(source, revision)
         # The VAE stays float32: a bfloat16 Wan2.2 VAE visibly degrades the decoded video.
         # from_pretrained keeps each model's `_keep_in_fp32_modules` in float32. Safetensors only:
         # no pickles, and no fallback to `.bin` files that hides which file is missing.
-        vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", dtype=torch.float32, use_safetensors=True)
-        t2v = WanPipeline.from_pretrained(source, vae=vae, dtype=dtype, use_safetensors=True)
+        vae = AutoencoderKLWan.from_pretrained(
+            source, subfolder="vae", dtype=torch.float32, use_safetensors=True, revision=revision
+        )
+        # The recipe's scheduler is made for each generation: the checkpoint's is not read.
+        t2v = WanPipeline.from_pretrained(
+            source, vae=vae, scheduler=wan_scheduler(), dtype=dtype, use_safetensors=True, revision=revision
+        )
         check_tokenizer(t2v.tokenizer, t2v.text_encoder.config.vocab_size)
     except Exception as exc:
         raise ModelLoadError(f"Could not load the Wan2.2 checkpoint {model!r}: {exc} {_WHAT_TO_DO}") from exc
@@ -124,8 +139,20 @@ def load_model(
             f"{model!r} is not a Wan2.2 TI2V checkpoint (its model_index.json does not set "
             "expand_timesteps: true). This service serves Wan-AI/Wan2.2-TI2V-5B-Diffusers and its layout."
         )
-    logger.info("Loaded %s (transformer and text encoder %s, VAE float32)", model, dtype)
-    return prepare_model(model, t2v, device, options)
+    commit = resolved_commit(source, revision)
+    logger.info("Loaded %s at %s (transformer and text encoder %s, VAE float32)", model, commit or source, dtype)
+    return dataclasses.replace(prepare_model(model, t2v, device, options), commit=commit)
+
+
+def resolved_commit(source: str, revision: str | None) -> str | None:
+    """The hub commit that `revision` of `source` resolved to, read from the hub cache that
+    from_pretrained filled (`snapshots/<commit>/`); None for a local folder."""
+    if Path(source).expanduser().is_dir():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(source, "model_index.json", revision=revision)
+    return Path(cached).parent.name if isinstance(cached, str) else None
 
 
 def prepare_model(

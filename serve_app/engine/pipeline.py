@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
+from serve_app.config import ModelSpec
 from serve_app.engine.errors import GenerationCancelled, VideoTooLarge
 from serve_app.engine.model import LoadedModel, decode_to_uint8
+from serve_app.engine.schedulers import make_scheduler
 from serve_app.engine.speedups import step_cache
 from serve_app.engine.video import encode_jpeg, encode_mp4
 from serve_app.messages import GenerationRequest, GenerationResult, Progress, StageTimings
@@ -66,13 +68,21 @@ class Prompts:
 class PipelineRunner:
     """Runs requests on a loaded model; `run` is what the generator calls in its worker thread."""
 
-    def __init__(self, model: LoadedModel) -> None:
+    def __init__(self, model: LoadedModel, spec: ModelSpec | None = None) -> None:
         self.model = model
-        self.name = model.name
+        # The served model: its id and recipe (by default the checkpoint's name, Wan2.2's recipe).
+        self.spec = spec or ModelSpec(id=model.name, checkpoint=model.name)
+        self.name = self.spec.id
         self.on_gpu = model.device.type == "cuda"
         self.capacity = model.capacity
         device = torch.cuda.get_device_name(model.device) if self.on_gpu else "cpu"
-        self.description = {"model": model.name, "device": device, **model.options}
+        self.description = {
+            "model": self.spec.id,
+            "checkpoint": self.spec.checkpoint,
+            "revision": model.commit,
+            "device": device,
+            **model.options,
+        }
 
     def warm_up(self, size: str) -> None:
         """Before the first job, on a GPU or with a compiled transformer: a 2-step generation at
@@ -85,9 +95,11 @@ class PipelineRunner:
             return
         width, height, frames = (int(side) for side in size.split("x"))
         started = time.perf_counter()
+        recipe = self.spec.recipe
         request = GenerationRequest(
             prompt="warm-up", negative_prompt="blurry", width=width, height=height, num_frames=frames,
-            num_inference_steps=2, guidance_scale=5.0, fps=24, seed=0,
+            num_inference_steps=min(max(2, recipe.min_steps), recipe.max_steps), guidance_scale=recipe.default_guidance,
+            fps=24, seed=0, model=self.spec.id, shift=recipe.shift_for(width, height),
         )  # fmt: skip
         self.run(request)
         for update in WARM_UP_VARIANTS[compile_mode]:
@@ -149,7 +161,7 @@ class PipelineRunner:
         return GenerationResult(
             video_mp4=video,
             thumbnail_jpeg=encode_jpeg(frames[0]),
-            model=self.model.name,
+            model=self.spec.id,
             timings=timings,
             peak_gpu_memory_bytes=torch.cuda.max_memory_allocated(self.model.device) if self.on_gpu else None,
         )
@@ -190,6 +202,9 @@ class PipelineRunner:
             image_kwargs["image"] = Image.open(io.BytesIO(request.image_png)).convert("RGB")
         pipe = model.i2v if request.image_png is not None else model.t2v
         guidance = model.guidance.guiding(prompts.negative) if model.guidance is not None else nullcontext()
+        generator = torch.Generator(device=model.device).manual_seed(request.seed)
+        # One job at a time on a replica: its scheduler, made for it, is the pipeline's until the next.
+        pipe.scheduler = make_scheduler(self.spec.recipe, request.shift, generator)
         with guidance, step_cache(pipe.transformer, request.speed_mode, model.options["compile"]):
             latents: torch.Tensor = pipe(
                 prompt_embeds=prompts.positive,
@@ -199,7 +214,7 @@ class PipelineRunner:
                 num_frames=request.num_frames,
                 num_inference_steps=request.num_inference_steps,
                 guidance_scale=request.guidance_scale,
-                generator=torch.Generator(device=model.device).manual_seed(request.seed),
+                generator=generator,
                 output_type="latent",
                 return_dict=False,
                 callback_on_step_end=on_step_end,

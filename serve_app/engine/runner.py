@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from serve_app.capacity import Capacity
-from serve_app.config import AppArgs
+from serve_app.config import AppArgs, ModelSpec
 from serve_app.messages import GenerationRequest, GenerationResult, Progress
 
 
@@ -29,12 +29,15 @@ class Runner(Protocol):
         `cancel` stops it at the end of the current step (raising GenerationCancelled)."""
 
 
-def make_runner(args: AppArgs) -> Runner:
-    if args.model == "simulated":
+def make_runner(args: AppArgs, spec: ModelSpec) -> Runner:
+    """The runner of the served model `spec`."""
+    if spec.checkpoint == "simulated":
         from serve_app.engine.simulator import SimulatedRunner
 
-        return SimulatedRunner(args.simulated_time_scale)
+        return SimulatedRunner(args.simulated_time_scale, spec.id)
     from serve_app.engine.model import load_model, resolve_device
     from serve_app.engine.pipeline import PipelineRunner
 
-    return PipelineRunner(load_model(args.model, resolve_device(args.device), args.cache_dir, args.pipeline_options))
+    device = resolve_device(args.device)
+    model = load_model(spec.checkpoint, device, args.cache_dir, args.pipeline_options, spec.revision)
+    return PipelineRunner(model, spec)

@@ -26,9 +26,11 @@ SIMULATED = "simulated"
 # step count.
 GUIDE_L40_S = {20: (120, 180), 30: (180, 240), 50: (300, 420), 100: (600, 900)}
 # A fixed 20 s (text encoding, VAE decoding, MP4) plus 7.2 s a step gives 164, 236, 380 and 740 s:
-# inside every range of the guide's table.
+# inside every range of the guide's table. A step with guidance is two transformer passes: without
+# it (a distilled model such as FastWan2.2, 3 steps), a step takes half.
 L40_FIXED_S = 20.0
 L40_STEP_S = 7.2
+L40_PASS_S = L40_STEP_S / 2
 L40_REFERENCE_VOLUME = 1280 * 704 * 121
 # Of the fixed part, what text encoding takes; the rest is VAE decoding.
 TEXT_ENCODING_SHARE = 0.1
@@ -36,12 +38,13 @@ TEXT_ENCODING_SHARE = 0.1
 PLACEHOLDER_SIDE = 64
 
 
-def l40_seconds(width: int, height: int, num_frames: int, steps: int) -> float:
-    """Seconds an L40 takes for one video, by the latency model: linear in steps, and in the
-    number of pixels across all frames (the guide gives one size only, so this is a first-order
-    extrapolation to others; attention makes the real cost grow a little faster)."""
+def l40_seconds(width: int, height: int, num_frames: int, steps: int, guidance: bool = True) -> float:
+    """Seconds an L40 takes for one video, by the latency model: linear in transformer passes (one
+    a step, two with guidance), and in the number of pixels across all frames (the guide gives one
+    size only, so this is a first-order extrapolation to others; attention makes the real cost grow
+    a little faster)."""
     volume = width * height * num_frames / L40_REFERENCE_VOLUME
-    return (L40_FIXED_S + L40_STEP_S * steps) * volume
+    return (L40_FIXED_S + L40_PASS_S * steps * (2 if guidance else 1)) * volume
 
 
 class SimulatedRunner:
@@ -50,20 +53,22 @@ class SimulatedRunner:
     on_gpu = False
     capacity: Capacity | None = None  # the simulated GPUs hold any video
 
-    def __init__(self, time_scale: float) -> None:
+    def __init__(self, time_scale: float, model: str = SIMULATED) -> None:
         self.time_scale = time_scale
+        self.model = model
         self.description = {
-            "model": SIMULATED,
+            "model": model,
+            "checkpoint": SIMULATED,
             "device": "none (simulated)",
             "time_scale": time_scale,
-            "latency_model": f"L40: {L40_FIXED_S:g} s + {L40_STEP_S:g} s per step at 1280x704x121",
+            "latency_model": f"L40: {L40_FIXED_S:g} s + {L40_PASS_S:g} s per transformer pass at 1280x704x121",
         }
         logger.warning(
             "SIMULATED generator: no model, no video; each job takes %.4g x the L40 latency model's time "
-            "(fixed %.0f s + %.1f s per step at 1280x704x121). For capacity tests only.",
+            "(fixed %.0f s + %.1f s per transformer pass at 1280x704x121). For capacity tests only.",
             time_scale,
             L40_FIXED_S,
-            L40_STEP_S,
+            L40_PASS_S,
         )
 
     def warm_up(self, size: str) -> None:
@@ -78,7 +83,7 @@ class SimulatedRunner:
         cancel = cancel or threading.Event()
         volume = request.width * request.height * request.num_frames / L40_REFERENCE_VOLUME
         fixed_s = L40_FIXED_S * volume * self.time_scale
-        step_s = L40_STEP_S * volume * self.time_scale
+        step_s = L40_PASS_S * (2 if request.guidance_scale > 1.0 else 1) * volume * self.time_scale
         started = time.perf_counter()
         self._wait(fixed_s * TEXT_ENCODING_SHARE, cancel)
         encoded = time.perf_counter()
@@ -94,7 +99,7 @@ class SimulatedRunner:
         return GenerationResult(
             video_mp4=video,
             thumbnail_jpeg=encode_jpeg(frames[0]),
-            model=SIMULATED,
+            model=self.model,
             timings=StageTimings(
                 text_encoding_s=round(encoded - started, 4),
                 denoising_s=round(denoised - encoded, 4),

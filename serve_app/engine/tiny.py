@@ -1,10 +1,13 @@
-"""The `tiny` model: a randomly initialised Wan2.2 TI2V checkpoint built locally.
+"""The `tiny` and `tiny-turbo` models: randomly initialised Wan2.2 TI2V checkpoints built locally.
 
-It has the component classes and folder layout of `Wan-AI/Wan2.2-TI2V-5B-Diffusers`, so the
-service loads it through the very same `from_pretrained` code as the real weights. Its videos
-are noise; it exists so that every part of the service runs and is tested on a CPU, offline.
+`tiny` has the component classes and folder layout of `Wan-AI/Wan2.2-TI2V-5B-Diffusers`, and
+`tiny-turbo` those of `FastVideo/FastWan2.2-TI2V-5B-FullAttn-Diffusers` (the same modules, its
+model_index.json naming `WanDMDPipeline`, its own transformer), so the service loads them through
+the very same code as the real weights. Their videos are noise; they exist so that every part of
+the service runs and is tested on a CPU, offline.
 """
 
+import json
 import logging
 import os
 import shutil
@@ -24,9 +27,12 @@ logger = logging.getLogger(__name__)
 
 # Bump when the recipe below changes, so stale caches are rebuilt rather than reused.
 TINY_VERSION = "1"
+TINY, TINY_TURBO = "tiny", "tiny-turbo"
+# What FastWan2.2's model_index.json names; diffusers has no such class.
+DMD_PIPELINE_CLASS = "WanDMDPipeline"
 
 
-def _build_pipeline() -> "WanPipeline":
+def _build_pipeline(name: str) -> "WanPipeline":
     from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -64,6 +70,9 @@ def _build_pipeline() -> "WanPipeline":
         latents_mean=[0.0] * z_dim,
         latents_std=[1.0] * z_dim,
     )
+    if name == TINY_TURBO:
+        # The distilled model's own transformer; the text encoder and the VAE are tiny's.
+        torch.manual_seed(1)
     transformer = WanTransformer3DModel(
         patch_size=(1, 2, 2),
         num_attention_heads=2,
@@ -86,20 +95,26 @@ def _build_pipeline() -> "WanPipeline":
     )
 
 
-def ensure_tiny_checkpoint(cache_dir: Path) -> Path:
-    """Return the folder of the tiny checkpoint, building it first if the cache lacks it.
+def ensure_tiny_checkpoint(cache_dir: Path, name: str = TINY) -> Path:
+    """Return the folder of the `tiny` (or `tiny-turbo`) checkpoint, building it first if the
+    cache lacks it.
 
     The build goes to a temporary folder that is renamed into place, so replicas starting
     together never see (or load) a half-written checkpoint.
     """
-    target = Path(cache_dir) / f"tiny-wan2.2-ti2v-v{TINY_VERSION}"
+    folder = {TINY: "tiny-wan2.2-ti2v", TINY_TURBO: "tiny-fastwan2.2-ti2v"}[name]
+    target = Path(cache_dir) / f"{folder}-v{TINY_VERSION}"
     if (target / "model_index.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("Building the tiny random Wan2.2 checkpoint in %s", target)
+    logger.info("Building the %s random Wan2.2 checkpoint in %s", name, target)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=target.parent))
     try:
-        _build_pipeline().save_pretrained(staging)
+        _build_pipeline(name).save_pretrained(staging)
+        if name == TINY_TURBO:
+            index_file = staging / "model_index.json"
+            index = json.loads(index_file.read_text())
+            index_file.write_text(json.dumps({**index, "_class_name": DMD_PIPELINE_CLASS}, indent=2))
         os.rename(staging, target)
     except OSError:
         # Another replica finished first: its copy is as good as ours.

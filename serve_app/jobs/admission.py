@@ -31,19 +31,21 @@ class Admission:
         self._max_total_bytes = max_stored_bytes
         # How long recent jobs ran, for the Retry-After of a refusal.
         self._recent_run_s: deque[float] = deque([60.0], maxlen=20)
-        # What the generators' GPU memory allows, as the latest to start a job reported it.
-        self.capacity: Capacity | None = None
+        # What each model's generators' GPU memory allows, as the latest to start a job reported it.
+        self.capacity: dict[str, Capacity | None] = {}
 
     def ran(self, seconds: float) -> None:
         if seconds > 0:
             self._recent_run_s.append(seconds)
 
-    async def refusal(self, owner: str, shape: VideoShape | None) -> Refusal | None:
-        return self.judge(await self._store.usage(owner), shape)
+    async def refusal(self, owner: str, shape: VideoShape | None, model: str | None = None) -> Refusal | None:
+        return self.judge(await self._store.usage(owner), shape, model)
 
-    def judge(self, usage: Usage, shape: VideoShape | None) -> Refusal | None:
-        """Why a submission with this usage is refused, or None."""
-        if shape is not None and self.capacity is not None and (reason := shape.refusal(self.capacity)):
+    def judge(self, usage: Usage, shape: VideoShape | None, model: str | None = None) -> Refusal | None:
+        """Why a submission with this usage is refused, or None; the video's size is judged by what
+        its model's generators reported."""
+        capacity = self.capacity.get(model) if model is not None else None
+        if shape is not None and capacity is not None and (reason := shape.refusal(capacity)):
             return Refusal(code=ErrorCode.VIDEO_TOO_LARGE, message=reason)
         run_s = sum(self._recent_run_s) / len(self._recent_run_s)
         queued = usage.queued

@@ -70,11 +70,11 @@ class Watchers:
 
 
 class Jobs:
-    """A plain class; `serve_app.app` makes it a deployment. `generator` is the Generator
-    deployment's handle (any object with the same `options(stream=True).generate.remote`)."""
+    """A plain class; `serve_app.app` makes it a deployment. `generators` holds each served
+    model's Generator deployment handle (any object with the same `options(stream=True).generate.remote`)."""
 
     async def __init__(  # type: ignore[misc]  # mypy wants __init__ synchronous; Serve awaits this one
-        self, generator: DeploymentHandle[Any], args: AppArgs
+        self, generators: dict[str, DeploymentHandle[Any]], args: AppArgs
     ) -> None:
         use_serve_log_handlers()
         self._store = open_store(args.jobs_database_url)
@@ -93,8 +93,9 @@ class Jobs:
         )
         # How each generator replica runs the model, as it reported with its latest job here.
         self._generators: dict[str, dict[str, object]] = {}
+        handles = {model: Handle[GeneratorDeployment](handle) for model, handle in generators.items()}
         self._dispatcher = Dispatcher(
-            self._store, self._storage, Handle[GeneratorDeployment](generator), self._runner, self._retention_s,
+            self._store, self._storage, handles, self._runner, self._retention_s,
             self._metrics, on_started=self._generator_started, on_finished=lambda _, gpu_s: self._admission.ran(gpu_s),
         )  # fmt: skip
         self._handover = Handover(
@@ -131,14 +132,14 @@ class Jobs:
             earlier = await self._store.find_idempotent(owner, submission.idempotency_key)
             if earlier is not None:
                 return await self._same_or_conflict(earlier, submission)
-        if refusal := await self._admission.refusal(owner, request.shape):
+        if refusal := await self._admission.refusal(owner, request.shape, request.model):
             return refusal
         details = submission.details
         job = Job(
             id="video_" + secrets.token_hex(16),
             status=JobStatus.QUEUED,
             created_at=int(time.time()),
-            model=details.model or "",
+            model=details.model,
             prompt=details.prompt,
             size=f"{details.width}x{details.height}",
             seconds=f"{details.num_frames / details.fps:.2f}",
@@ -161,7 +162,7 @@ class Jobs:
             webhook_url=submission.webhook_url,
         )
         try:
-            admit = lambda usage: self._admission.judge(usage, request.shape)  # noqa: E731
+            admit = lambda usage: self._admission.judge(usage, request.shape, request.model)  # noqa: E731
             refusal = await self._store.add(job, new, self._runner, admit)
         except DuplicateKey:  # the same Idempotency-Key, submitted at the same moment through another replica
             await asyncio.to_thread(self._storage.delete, job.id)
@@ -177,13 +178,13 @@ class Jobs:
         return await self._view(job)
 
     async def admit(
-        self, owner: str, idempotency_key: str | None = None, shape: VideoShape | None = None
+        self, owner: str, idempotency_key: str | None = None, shape: VideoShape | None = None, model: str | None = None
     ) -> Refusal | None:
         """Whether a submission would be queued now (checked again when it is). A retry of an
         earlier submission is always let through: it gets that job back."""
         if idempotency_key is not None and await self._store.find_idempotent(owner, idempotency_key):
             return None
-        return await self._admission.refusal(owner, shape)
+        return await self._admission.refusal(owner, shape, model)
 
     async def generators(self) -> dict[str, dict[str, object]]:
         """How each generator replica that ran a job from this replica runs the model, by worker."""
@@ -257,9 +258,9 @@ class Jobs:
             param="Idempotency-Key",
         )
 
-    def _generator_started(self, started: Started) -> None:
+    def _generator_started(self, model: str, started: Started) -> None:
         self._generators[started.worker or "local"] = started.runtime
-        self._admission.capacity = started.capacity
+        self._admission.capacity[model] = started.capacity
 
     async def _follow_changes(self) -> None:
         """Every change any replica makes: wake its watchers; stop a generation of ours that

@@ -51,6 +51,7 @@ class RunningJob:
     """What this replica keeps about a job it dispatched, until the job's stream ends."""
 
     job_id: str
+    model: str
     stream: Stream
     queued_at: float = field(default_factory=time.time)
     started_at: float | None = None
@@ -66,16 +67,16 @@ class Dispatcher:
         self,
         store: JobStore,
         storage: ResultStorage,
-        generator: Handle[GeneratorDeployment],
+        generators: dict[str, Handle[GeneratorDeployment]],
         runner: str,
         retention_s: float,
         metrics: JobMetrics,
-        on_started: Callable[[Started], None],
+        on_started: Callable[[str, Started], None],
         on_finished: Callable[[Job, float], None],
     ) -> None:
         self._store = store
         self._storage = storage
-        self._generator = generator
+        self._generators = generators  # by served model: each has its own Generator deployment
         self._runner = runner
         self._retention_s = retention_s
         self._metrics = metrics
@@ -91,7 +92,12 @@ class Dispatcher:
         if request.image_png is None and await asyncio.to_thread(self._storage.exists, job_id, REFERENCE):
             image = await asyncio.to_thread(self._storage.read, job_id, REFERENCE)
             request = request.model_copy(update={"image_png": image})
-        running = RunningJob(job_id, self._generator.stream(GeneratorDeployment.generate, request))
+        generator = self._generators.get(request.model)
+        if generator is None:  # queued under a config that served it, adopted under one that does not
+            message = f"This server no longer serves the model {request.model!r}: submit the job again."
+            await self.finish(job_id, JobStatus.FAILED, JobError(code=ErrorCode.MODEL_NOT_SERVED, message=message))
+            return
+        running = RunningJob(job_id, request.model, generator.stream(GeneratorDeployment.generate, request))
         self.running[job_id] = running
         running.task = spawn(self._follow(running), name=f"follow {job_id}")
 
@@ -165,7 +171,7 @@ class Dispatcher:
                 await self._failed(job_id, exc)
 
     async def _started(self, running: RunningJob, started: Started) -> bool:
-        self._on_started(started)
+        self._on_started(running.model, started)
         stored = await self._store.get(running.job_id)
         if stored is None:
             self.stop(running.job_id)
@@ -206,7 +212,7 @@ class Dispatcher:
             return
         started_at = running.started_at or time.time()
         timings = JobTimings(queued_s=round(started_at - running.queued_at, 3), **result.timings.model_dump())
-        details = stored.job.details.model_copy(update={"model": result.model, "timings": timings})
+        details = stored.job.details.model_copy(update={"timings": timings})
         await self.finish(job_id, JobStatus.COMPLETED, details=details, result=result)
 
     async def _failed(self, job_id: str, exc: Exception) -> None:

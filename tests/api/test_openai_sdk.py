@@ -22,9 +22,7 @@ def finish(sdk: openai.OpenAI, video_id: str):
 
 
 def test_create_retrieve_download_list_and_delete(sdk):
-    video = sdk.videos.create(
-        prompt="a paper boat on a pond", model="sora-2", seconds="1", size="64x64", extra_body=FAST
-    )
+    video = sdk.videos.create(prompt="a paper boat on a pond", model="tiny", seconds="1", size="64x64", extra_body=FAST)
     assert video.object == "video" and video.status in ("queued", "in_progress")
     assert (video.size, video.prompt, video.model) == ("64x64", "a paper boat on a pond", "tiny")
 
@@ -35,7 +33,7 @@ def test_create_retrieve_download_list_and_delete(sdk):
     assert done.seconds == "1.04"
     details = done.model_extra["details"]
     assert details["num_frames"] == 25 and details["seed"] == 11 and details["num_inference_steps"] == 2
-    assert details["requested"] == {"model": "sora-2", "seconds": "1", "size": "64x64"}
+    assert details["requested"] == {"model": "tiny", "seconds": "1", "size": "64x64"}
 
     mp4 = sdk.videos.download_content(video.id).content
     assert probe_mp4(mp4)["frames"] == 25 and probe_mp4(mp4)["width"] == 64
@@ -58,7 +56,7 @@ def test_sizes_and_durations_map_to_what_the_model_makes(sdk):
     # 1280x720 for 4 s maps to 1280x704 and 97 frames: over the test server's pixel cap, which
     # says so in those terms before any work is done.
     with pytest.raises(openai.BadRequestError) as too_big:
-        sdk.videos.create(prompt="a harbour at dawn", model="sora-2", seconds="4", size="1280x720")
+        sdk.videos.create(prompt="a harbour at dawn", model="tiny", seconds="4", size="1280x720")
     assert "1280x704 with 97 frames is 87,408,640 pixels" in too_big.value.message
     video = sdk.videos.create(prompt="a harbour at dawn", seconds="2", size="100x49", extra_body=FAST)
     assert video.size == "96x64" and video.model_extra["details"]["num_frames"] == 49
@@ -139,3 +137,16 @@ def test_an_oversized_upload_is_a_413(client):
     )
     assert response.status_code == 413
     assert response.json()["error"]["param"] == "input_reference"
+
+
+def test_the_sdks_model_picks_a_served_model_and_lists_them(sdk):
+    assert [model.id for model in sdk.models.list()] == ["tiny", "tiny-turbo"]
+    video = sdk.videos.create(prompt="a kite", model="tiny-turbo", seconds="1", size="64x64", extra_body={"seed": 3})
+    assert video.model == "tiny-turbo"
+    done = finish(sdk, video.id)
+    details = done.model_extra["details"]
+    assert done.status == "completed" and details["model"] == "tiny-turbo"
+    assert (details["num_inference_steps"], details["guidance_scale"], details["shift"]) == (3, 1.0, 5.0)
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.videos.create(prompt="a kite", model="sora-2", seconds="1", size="64x64")
+    assert refused.value.body["param"] == "model" and "tiny-turbo" in refused.value.body["message"]

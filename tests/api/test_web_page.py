@@ -97,6 +97,19 @@ def test_generate_a_video_play_it_and_open_it_again(page, tmp_path):
     assert video_metadata(page)["width"] == 64
 
 
+def test_the_model_picker_shows_each_models_defaults_and_makes_its_video(page):
+    fill(page, steps="")
+    page.get_by_label(re.compile("^Model")).select_option("tiny-turbo")
+    expect(page.locator("#model-hint")).to_have_text("(default 3 steps, guidance 1, shift 5 at 1280x704)")
+    expect(page.locator("#num_inference_steps-hint")).to_have_text("(3-3, default 3)")
+    expect(page.locator("#guidance_scale-hint")).to_have_text("(none: distilled without)")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#status")).to_have_text(re.compile("^Done: 64x64"), timeout=60_000)
+    expect(page.locator("#details")).to_contain_text('"model": "tiny-turbo"')
+    page.get_by_label(re.compile("^Model")).select_option("tiny")
+    expect(page.locator("#num_inference_steps-hint")).to_have_text("(1-100, default 50)")
+
+
 def test_cancel_a_slow_job(page, client):
     fill(page, size=f"{SLOW['width']}x{SLOW['height']}", num_frames=str(SLOW["num_frames"]), steps="100")
     page.get_by_role("button", name="Generate").click()

@@ -87,7 +87,7 @@ def test_the_gpu_check_runs_without_ray_or_fastapi_and_writes_every_section(tmp_
     assert list(figures)[-len(gpu_check.SECTIONS) :] == list(gpu_check.SECTIONS)
     assert gpu_check.SECTIONS[:4] == ("default", "memory_model", "compile_regional", "compile_full")
     assert figures["cuda_alloc_conf"] == "expandable_segments:True"
-    sections = ("default", "cfg_batch_off", "attention_backends", "fast_mode", "vae_tiling", "text_encoder")
+    sections = ("default", "turbo", "cfg_batch_off", "attention_backends", "fast_mode", "vae_tiling", "text_encoder")
     for section in (*sections, "compile_regional"):
         assert "error" not in figures[section], figures[section]
     assert figures["compile_full"] == {"skipped": "asked for (--skip)"}
@@ -100,6 +100,9 @@ def test_the_gpu_check_runs_without_ray_or_fastapi_and_writes_every_section(tmp_
     assert figures["attention_backends"]["native"]["max_latent_difference"] == 0
     assert "unavailable" in figures["attention_backends"]["flash"]
     assert 0 <= figures["fast_mode"]["blocks_skipped_share"] < 1
+    turbo = figures["turbo"]  # FastWan2.2's recipe: 3 passes, then the decode
+    assert (turbo["model"], turbo["transformer_passes"]) == ("fastwan2.2-ti2v-5b", 3)
+    assert 0 < turbo["decoding_share"] < 1
 
 
 def test_gpu_check_sh_passes_its_options_through_and_writes_only_to_its_folder(tmp_path):

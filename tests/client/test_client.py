@@ -84,3 +84,24 @@ def test_the_python_client_follows_a_job_and_predicts(service):
         with pytest.raises(WanError) as bad:
             wan.submit("a kite", num_frames=26)
         assert (bad.value.status, bad.value.code, bad.value.param) == (400, "invalid_request", "num_frames")
+
+
+def test_the_client_and_the_cli_pick_a_model(service, tmp_path):
+    with WanClient(service, API_KEYS[0]) as client:
+        assert [model["id"] for model in client.models()] == ["tiny", "tiny-turbo"]
+        job, video = client.generate("a kite", model="tiny-turbo", height=64, width=64, num_frames=25, seed=2)
+        assert job.details.model == "tiny-turbo" and job.details.num_inference_steps == 3
+        with pytest.raises(WanError) as refused:
+            client.submit("a kite", model="tiny-turbo", num_inference_steps=8)
+        assert refused.value.param == "num_inference_steps" and "3 to 3" in refused.value.message
+    out, details = tmp_path / "kite.mp4", tmp_path / "kite.json"
+    run = cli(service, "generate", "a kite", "--model", "tiny-turbo", "--height", "64", "--width", "64",
+              "--num-frames", "25", "--seed", "2", "-o", str(out), "--details", str(details))  # fmt: skip
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 0, stderr
+    assert out.read_bytes() == video  # the same model, request and seed: the same bytes
+    assert json.loads(details.read_text())["details"]["model"] == "tiny-turbo"
+    listing = cli(service, "models")
+    stdout, stderr = listing.communicate(timeout=60)
+    assert listing.returncode == 0, stderr
+    assert "tiny-turbo  3 steps (3-3), guidance 1, shift 5 at 1280x704" in stdout

@@ -24,7 +24,8 @@ from serve_app.messages import (
 )
 
 REQUEST = GenerationRequest(
-    prompt="a lantern", negative_prompt=DEFAULT_NEGATIVE_PROMPT, guidance_scale=5.0, fps=24, seed=1, **SMALL
+    prompt="a lantern", negative_prompt=DEFAULT_NEGATIVE_PROMPT, guidance_scale=5.0, fps=24, seed=1, model="tiny",
+    shift=3.0, **SMALL,
 )
 RESULT = GenerationResult(
     video_mp4=b"video", thumbnail_jpeg=b"thumbnail", model="fake",
@@ -84,7 +85,7 @@ def no_cuda(monkeypatch):
 
 def test_out_of_memory_fails_the_job_with_advice_and_the_replica_carries_on():
     out_of_memory = torch.OutOfMemoryError("CUDA out of memory.")
-    generator = Generator(AppArgs(model="simulated"), FakeRunner(raising(out_of_memory)))
+    generator = Generator(AppArgs(model="simulated"), runner=FakeRunner(raising(out_of_memory)))
     assert outcome(generator) == GenerationFailure(
         code="gpu_out_of_memory",
         message="The GPU ran out of memory for 64x64 with 25 frames. Try a smaller size or fewer frames.",
@@ -95,7 +96,7 @@ def test_out_of_memory_fails_the_job_with_advice_and_the_replica_carries_on():
 
 def test_a_cuda_error_makes_the_health_check_fail():
     error = RuntimeError("CUDA error: an illegal memory access")
-    generator = Generator(AppArgs(model="simulated"), FakeRunner(raising(error)))
+    generator = Generator(AppArgs(model="simulated"), runner=FakeRunner(raising(error)))
     with pytest.raises(RuntimeError, match="illegal memory access"):
         outcome(generator)
     with pytest.raises(RuntimeError, match="CUDA error in an earlier job"):
@@ -103,21 +104,21 @@ def test_a_cuda_error_makes_the_health_check_fail():
 
 
 def test_another_error_fails_the_job_but_not_the_replica():
-    generator = Generator(AppArgs(model="simulated"), FakeRunner(raising(RuntimeError("a bug"))))
+    generator = Generator(AppArgs(model="simulated"), runner=FakeRunner(raising(RuntimeError("a bug"))))
     with pytest.raises(RuntimeError, match="a bug"):
         outcome(generator)
     generator.check_health()
 
 
 def test_a_lost_gpu_makes_the_health_check_fail(monkeypatch):
-    generator = Generator(AppArgs(model="simulated"), FakeRunner())
+    generator = Generator(AppArgs(model="simulated"), runner=FakeRunner())
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="GPU is gone"):
         generator.check_health()
 
 
 def test_a_generation_past_its_deadline_fails_as_timeout_and_the_replica_takes_the_next():
-    generator = Generator(AppArgs(model="simulated", max_generation_s=0.2), FakeRunner(until_cancelled))
+    generator = Generator(AppArgs(model="simulated", max_generation_s=0.2), runner=FakeRunner(until_cancelled))
     failure = outcome(generator)
     assert failure.code == "timeout" and "limit of 0.2 s" in failure.message
     assert outcome(generator) == RESULT
@@ -125,7 +126,7 @@ def test_a_generation_past_its_deadline_fails_as_timeout_and_the_replica_takes_t
 
 def test_a_cancelled_call_stops_the_runner_and_ends_once_the_worker_is_free():
     runner = FakeRunner(until_cancelled)
-    generator = Generator(AppArgs(model="simulated"), runner)
+    generator = Generator(AppArgs(model="simulated"), runner=runner)
 
     async def cancel_after_start():
         stream = generator.generate(REQUEST)

@@ -49,7 +49,7 @@ def png(size=(64, 64)) -> bytes:
 def request(**fields) -> GenerationRequest:
     defaults = dict(
         prompt="a red fox in fresh snow", negative_prompt=DEFAULT_NEGATIVE_PROMPT, width=64, height=64, num_frames=25,
-        num_inference_steps=3, guidance_scale=5.0, fps=24, seed=7,
+        num_inference_steps=3, guidance_scale=5.0, fps=24, seed=7, model="tiny", shift=5.0,
     )  # fmt: skip
     return GenerationRequest(**{**defaults, **fields})
 

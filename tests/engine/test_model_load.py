@@ -157,7 +157,8 @@ def test_cuda_without_a_gpu_is_a_clear_error():
         resolve_device("cuda")
 
 
-def test_replica_that_cannot_load_its_model_fails_the_deployment(ray_cluster, tmp_path):
+# `service`: Serve runs with the session's HTTP options, which the first `serve.run` would fix.
+def test_replica_that_cannot_load_its_model_fails_the_deployment(service, tmp_path):
     app = build_app(
         AppArgs(
             model=str(tmp_path / "missing"),

@@ -18,8 +18,9 @@ from serve_app.messages import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, Progr
 pytestmark = pytest.mark.model
 
 REQUEST = GenerationRequest(
-    prompt="a lantern", negative_prompt=DEFAULT_NEGATIVE_PROMPT, guidance_scale=5.0, fps=24, seed=7, **SMALL
-)
+    prompt="a lantern", negative_prompt=DEFAULT_NEGATIVE_PROMPT, guidance_scale=5.0, fps=24, seed=7, model="tiny",
+    shift=3.0, **SMALL,
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from serve_app.messages import GenerationRequest, GenerationResult, Progress, St
 
 REQUEST = GenerationRequest(
     prompt="a lantern", negative_prompt="", guidance_scale=5.0, fps=24, seed=1,
-    width=1280, height=704, num_frames=121, num_inference_steps=20,
+    width=1280, height=704, num_frames=121, num_inference_steps=20, model="simulated", shift=5.0,
 )  # fmt: skip
 
 
@@ -79,7 +79,9 @@ def test_a_deployed_simulator_says_so_in_its_status_and_in_every_job(simulator):
     ready = httpx.get(f"{simulator}/readyz")
     assert ready.json() == {"status": "ready", "generator_replicas": 1}
     api = httpx.Client(base_url=simulator, headers={"Authorization": f"Bearer {API_KEYS[0]}"}, timeout=60)
-    assert api.get("/v1/status").json() == {"model": "simulated", "generator_replicas": 1, "generators": {}}
+    assert api.get("/v1/status").json() == {
+        "model": "simulated", "models": ["simulated"], "generator_replicas": 1, "generators": {}
+    }  # fmt: skip
     body = {"prompt": "a lantern", "width": 1280, "height": 704, "num_frames": 121, "num_inference_steps": 30}
     predicted = api.post("/predict", json=body)
     assert predicted.status_code == 200, predicted.text
@@ -88,8 +90,8 @@ def test_a_deployed_simulator_says_so_in_its_status_and_in_every_job(simulator):
     assert details["timings"]["denoising_s"] >= 30 * 7.2 * 0.001
     runtime = api.get("/v1/status").json()["generators"]
     assert list(runtime.values()) == [{
-        "model": "simulated", "device": "none (simulated)", "time_scale": 0.001,
-        "latency_model": "L40: 20 s + 7.2 s per step at 1280x704x121",
+        "model": "simulated", "checkpoint": "simulated", "device": "none (simulated)", "time_scale": 0.001,
+        "latency_model": "L40: 20 s + 3.6 s per transformer pass at 1280x704x121",
     }]  # fmt: skip
 
 
@@ -103,9 +105,9 @@ def test_the_capacity_simulation_scales_out_and_compares_the_queue_with_mmc(tmp_
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
-    assert "**capacity simulator** (L40: 20 s + 7.2 s per step at 1280x704x121)" in report
+    assert "**capacity simulator** (L40: 20 s + 3.6 s per transformer pass at 1280x704x121)" in report
     assert "open loop at" in report and "generator replicas seen: 1, 2" in report
-    assert "| 30 |" in report and "guide (L40) x 0.005" in report
+    assert "| 30 steps |" in report and "guide (L40) x 0.005" in report
     theory = report.split("## Queue wait against queueing theory")[1]
     assert "replicas were running" in theory and "| mean |" in theory and "M/M/c" in theory
     assert NO_LOAD_TEST_FAILURES in report

@@ -34,7 +34,7 @@ def cache(tiny_cache):
 def generation(steps: int = 3, width: int = 64, image: bytes | None = None, **fields) -> GenerationRequest:
     defaults = dict(
         prompt="a fox in the snow", negative_prompt=DEFAULT_NEGATIVE_PROMPT, height=64, width=width, num_frames=25,
-        num_inference_steps=steps, guidance_scale=5.0, fps=24, seed=3, image_png=image,
+        num_inference_steps=steps, guidance_scale=5.0, fps=24, seed=3, image_png=image, model="tiny", shift=5.0,
     )  # fmt: skip
     return GenerationRequest(**{**defaults, **fields})
 

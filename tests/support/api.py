@@ -74,7 +74,9 @@ async def one_generator() -> int:
 def api(tmp_path: Path, jobs=None, running_generators=one_generator, **args) -> tuple:
     """The app and the fake jobs handle behind it; `running_generators` answers readiness."""
     jobs = jobs or FakeJobs()
-    settings = AppArgs(model="tiny", data_dir=tmp_path, **args)
+    if "models" not in args:
+        args["model"] = "tiny"
+    settings = AppArgs(data_dir=tmp_path, **args)
     state = IngressState(
         args=settings,
         jobs=Handle(jobs),

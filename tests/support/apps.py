@@ -16,6 +16,7 @@ import yaml
 from ray import serve
 
 from serve_app.benchmark.local_cluster import deploy_config
+from serve_app.deployments import GENERATOR
 from support.service import ROOT, TEST_ARGS
 
 # The simulator's factor on the L40 latency model: SLOW (256x256x121, 100 steps) takes about 5 s,
@@ -96,14 +97,17 @@ class Apps:
         serve.delete(name, _blocking=False)
 
     def simulated(self, name: str, data_dir: Path, **args: object) -> dict:
-        """An application `name` under `/name`: the local config's deployments with no CPU asked,
-        the test caps, `model: simulated`, a fast handover, and `args`."""
+        """An application `name` under `/name`: the local config's deployments (its default
+        model's Generator only) with no CPU asked, the test caps, `model: simulated`, a fast
+        handover, and `args`."""
         app = local_app()
         app.update(name=name, route_prefix=f"/{name}")
         app["args"] = {
             **TEST_ARGS, **HANDOVER_ARGS, "model": "simulated", "simulated_time_scale": TIME_SCALE,
             "device": "cpu", "data_dir": str(data_dir), "cache_dir": str(data_dir / "cache"), **args,
         }  # fmt: skip
+        # One model: the local config's other models' Generator deployments are not in this app.
+        app["deployments"] = [d for d in app["deployments"] if not d["name"].startswith(f"{GENERATOR}-")]
         for deployment in app["deployments"]:
             deployment["ray_actor_options"] = {"num_cpus": 0, "num_gpus": 0}
         return app

@@ -95,5 +95,5 @@ class FakeGenerator:
 async def start_jobs(generator: FakeGenerator, args: AppArgs) -> Jobs:
     """A Jobs deployment's replica, constructed as Serve does (its constructor is async)."""
     jobs = Jobs.__new__(Jobs)
-    await jobs.__init__(generator, args)
+    await jobs.__init__({spec.id: generator for spec in args.served_models}, args)
     return jobs

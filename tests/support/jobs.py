@@ -4,7 +4,7 @@ from serve_app.messages import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, Job, 
 
 REQUEST = GenerationRequest(
     prompt="x", negative_prompt=DEFAULT_NEGATIVE_PROMPT, height=64, width=64, num_frames=25, num_inference_steps=2,
-    guidance_scale=5.0, fps=24, seed=1,
+    guidance_scale=5.0, fps=24, seed=1, model="tiny", shift=3.0,
 )  # fmt: skip
 DETAILS = VideoDetails(**REQUEST.model_dump(exclude={"image_png"}), mode="t2v")
 

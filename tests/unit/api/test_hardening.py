@@ -119,12 +119,12 @@ def test_details_requested_holds_the_parsed_and_normalised_values(served):
     client, jobs = served
     upload = {"input_reference": ("../../etc/" + "c" * 300 + ".png", png_bytes((64, 64)), "image/png")}
     response = client.post(
-        "/v1/videos", data={"prompt": "a fox", "model": "sora-2", "size": " 1280x720 ", "seconds": "4.00"},
+        "/v1/videos", data={"prompt": "a fox", "model": "tiny", "size": " 1280x720 ", "seconds": "4.00"},
         files=upload, headers=AUTH,
     )  # fmt: skip
     assert response.status_code == 202, response.text
     requested = jobs.submitted[-1].details.requested
-    assert requested == {"model": "sora-2", "size": "1280x720", "seconds": "4", "input_reference": "c" * 64}
+    assert requested == {"model": "tiny", "size": "1280x720", "seconds": "4", "input_reference": "c" * 64}
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 
 from serve_app.api.protocol import VideoRequest
 from serve_app.client.cli import build_parser
-from serve_app.limits import MAX_FPS, MAX_FRAMES, MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, MIN_FRAMES, MIN_SIDE
+from serve_app.limits import MAX_FPS, MAX_FRAMES, MAX_GUIDANCE, MAX_SHIFT, MAX_SIDE, MAX_STEPS, MIN_FRAMES, MIN_SIDE
 
 
 def test_the_help_gives_the_bounds_of_limits_and_the_defaults_of_the_request():
@@ -13,6 +13,9 @@ def test_the_help_gives_the_bounds_of_limits_and_the_defaults_of_the_request():
     defaults = {name: field.default for name, field in VideoRequest.model_fields.items()}
     assert helps["height"] == f"multiple of 32, {MIN_SIDE}-{MAX_SIDE} (default {defaults['height']})"
     assert helps["num_frames"] == f"4n+1, {MIN_FRAMES}-{MAX_FRAMES} (default {defaults['num_frames']})"
-    assert helps["num_inference_steps"] == f"1-{MAX_STEPS} (default {defaults['num_inference_steps']})"
-    assert helps["guidance_scale"] == f"1.0-{MAX_GUIDANCE} (default {defaults['guidance_scale']})"
+    # Steps, guidance and shift: the model's when omitted (GET /v1/models).
+    assert helps["num_inference_steps"] == f"1-{MAX_STEPS} (default the model's)"
+    assert helps["guidance_scale"] == f"1.0-{MAX_GUIDANCE} (default the model's)"
+    assert helps["shift"] == f"0-{MAX_SHIFT} (default the model's)"
+    assert defaults["num_inference_steps"] is defaults["guidance_scale"] is defaults["shift"] is None
     assert helps["fps"] == f"1-{MAX_FPS} (default {defaults['fps']})"

@@ -13,7 +13,7 @@ from ray.serve.schema import (
 from support.configs import unknown_keys
 
 from serve_app.config import AppArgs
-from serve_app.deployments import GENERATOR, GPUS_PER_GENERATOR, INGRESS, JOBS, options
+from serve_app.deployments import GENERATOR, GPUS_PER_GENERATOR, INGRESS, generator_names, options
 
 ROOT = Path(__file__).resolve().parents[3]
 CONFIGS = ["serve_config.yaml", "serve_config.local.yaml"]
@@ -34,8 +34,9 @@ def test_config_is_valid_for_ray_and_has_no_ignored_keys(name):
     assert unknown_keys(config) == []
     app = schema.applications[0]
     assert app.import_path == "serve_app.app:build_app"
-    AppArgs.model_validate(app.args)
-    assert set(deployments(config)) == {INGRESS, JOBS, GENERATOR}
+    args = AppArgs.model_validate(app.args)
+    # One Generator deployment per model, each configured here (its autoscaling, its resources).
+    assert set(deployments(config)) == set(options(args))
     for deployment in deployments(config).values():
         DeploymentSchema.model_validate(deployment)
         if deployment.get("autoscaling_config"):
@@ -60,16 +61,25 @@ def test_the_checker_catches_a_typo():
     )
 
 
-def test_production_config_serves_the_real_model_one_gpu_per_replica():
+def test_production_config_serves_the_real_models_one_gpu_per_replica():
     config = load("serve_config.yaml")
     args = AppArgs.model_validate(config["applications"][0]["args"])
-    assert args.model == "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
-    generator = deployments(config)["Generator"]
-    # Its GPU and one job at a time are the code's: a config that set them too could contradict
-    # it (and a config's ray_actor_options would replace the code's whole).
-    code = options(args)[GENERATOR]
-    assert code["ray_actor_options"]["num_gpus"] == GPUS_PER_GENERATOR == 1 and code["max_ongoing_requests"] == 1
-    assert "ray_actor_options" not in generator and "max_ongoing_requests" not in generator
+    served = {spec.id: spec for spec in args.served_models}
+    assert list(served) == ["wan2.2-ti2v-5b", "fastwan2.2-ti2v-5b"]
+    assert served["wan2.2-ti2v-5b"].checkpoint == "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
+    fast = served["fastwan2.2-ti2v-5b"]
+    assert fast.checkpoint == "FastVideo/FastWan2.2-TI2V-5B-FullAttn-Diffusers"
+    assert (fast.recipe.scheduler, fast.recipe.timesteps, fast.recipe.shift) == ("dmd", [1000, 757, 522], 5.0)
+    assert (fast.recipe.default_steps, fast.recipe.guidance) == (3, False)
+    # Each model's Generator deployment: its GPU and one job at a time are the code's: a config
+    # that set them too could contradict it (and a config's ray_actor_options would replace the
+    # code's whole).
+    assert list(generator_names(args).values()) == [GENERATOR, "Generator-fastwan2.2-ti2v-5b"]
+    for name in generator_names(args).values():
+        code, configured = options(args)[name], deployments(config)[name]
+        assert code["ray_actor_options"]["num_gpus"] == GPUS_PER_GENERATOR == 1 and code["max_ongoing_requests"] == 1
+        assert "ray_actor_options" not in configured and "max_ongoing_requests" not in configured
+    generator = deployments(config)[GENERATOR]
     # Safe defaults: the guide's largest video, and a deadline on every generation.
     assert args.max_video_pixels == 1280 * 704 * 121 and args.max_generation_s
     # SQLite on one machine: one Jobs replica (PostgreSQL for more).
@@ -85,9 +95,14 @@ def test_production_config_serves_the_real_model_one_gpu_per_replica():
 def test_local_config_is_cpu_and_tiny():
     config = load("serve_config.local.yaml")
     args = AppArgs.model_validate(config["applications"][0]["args"])
-    assert (args.model, args.device) == ("tiny", "cpu")
-    assert "ray_actor_options" not in deployments(config)["Generator"]
-    assert options(args)[GENERATOR]["ray_actor_options"].get("num_gpus", 0) == 0
+    assert [(spec.id, spec.checkpoint) for spec in args.served_models] == [
+        ("tiny", "tiny"),
+        ("tiny-turbo", "tiny-turbo"),
+    ]
+    assert args.device == "cpu"
+    for name in generator_names(args).values():
+        assert "ray_actor_options" not in deployments(config)[name]
+        assert options(args)[name]["ray_actor_options"].get("num_gpus", 0) == 0
     assert config["http_options"]["host"] == "127.0.0.1"
     assert config["http_options"]["port"] == 8000
 

@@ -28,7 +28,7 @@ DEPLOY = ROOT / "deploy"
 CRD = Path(__file__).with_name("kuberay") / "ray.io_rayservices.v1.5.0.yaml"
 KUBERNETES = "1.33"
 # What the manifest may set differently from serve_config.yaml: paths on its volumes.
-STORAGE_ARGS = {"model", "data_dir", "results_url"}
+STORAGE_ARGS = {"models", "data_dir", "results_url"}
 
 
 def documents(name: str) -> list[dict]:
@@ -121,8 +121,16 @@ def test_serve_config_v2_is_valid_for_ray_and_agrees_with_serve_config_yaml():
     assert {k: v for k, v in app["args"].items() if k not in STORAGE_ARGS} == {
         k: v for k, v in prod_app["args"].items() if k not in STORAGE_ARGS
     }
+    # The same models and recipes, from the volume rather than the hub.
+    local = [{k: v for k, v in model.items() if k != "checkpoint"} for model in app["args"]["models"]]
+    hub = [
+        {k: v for k, v in model.items() if k not in ("checkpoint", "revision")} for model in prod_app["args"]["models"]
+    ]
+    assert local == hub
     deployments, prod_deployments = by_name(app["deployments"]), by_name(prod_app["deployments"])
-    assert deployments["Generator"] == prod_deployments["Generator"]
+    for name in prod_deployments:
+        if name.startswith("Generator"):
+            assert deployments[name] == prod_deployments[name]
     # PostgreSQL: two Jobs replicas, none special. Ingress and Jobs on the CPU group.
     assert deployments["Jobs"]["num_replicas"] == 2 and prod_deployments["Jobs"]["num_replicas"] == 1
     for name in ("Ingress", "Jobs"):
@@ -200,25 +208,28 @@ def test_secrets_images_ports_and_volumes_are_consistent():
     assert mounts["service"]["/data"]["persistentVolumeClaim"]["claimName"] == "wan-results"
     assert claims["wan-results"]["spec"]["accessModes"] == ["ReadWriteMany"]
     # The weights on a volume the download Job fills before the RayService is applied.
-    assert args["model"].startswith("/models/")
     assert mounts["gpu"]["/models"]["persistentVolumeClaim"]["claimName"] == "wan-models"
     (job,) = [doc for doc in documents("storage.yaml") if doc["kind"] == "Job"]
     assert job["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "wan-models"
-    assert args["model"].removeprefix("/models/") in " ".join(
-        job["spec"]["template"]["spec"]["containers"][0]["command"]
-    )
+    # One download container per served model, into the folder its checkpoint names.
+    downloads = [container["command"] for container in job["spec"]["template"]["spec"]["containers"]]
+    assert [model["checkpoint"] for model in args["models"]] == [c[c.index("--local-dir") + 1] for c in downloads]
+    assert all(model["checkpoint"].startswith("/models/") for model in args["models"])
     # Storage classes are named where they matter.
     assert all(claim["spec"].get("storageClassName") for claim in claims.values())
 
 
 def test_the_weights_are_pinned_and_no_pod_downloads_them():
     (job,) = [doc for doc in documents("storage.yaml") if doc["kind"] == "Job"]
-    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
-    # huggingface_hub 1.x's command; a commit, not a branch that moves.
-    assert command[:2] == ["hf", "download"]
-    assert re.fullmatch(r"[0-9a-f]{40}", command[command.index("--revision") + 1])
-    # The generators load the very folder the Job filled, and never try the hub.
-    assert serve_config_v2()["applications"][0]["args"]["model"] == command[command.index("--local-dir") + 1]
+    downloads = [container["command"] for container in job["spec"]["template"]["spec"]["containers"]]
+    # huggingface_hub 1.x's command, at a revision; the default model's a commit, not a branch
+    # that moves (FastWan2.2's commit is still to be chosen: deploy/storage.yaml).
+    assert all(command[:2] == ["hf", "download"] and "--revision" in command for command in downloads)
+    default = downloads[0]
+    assert re.fullmatch(r"[0-9a-f]{40}", default[default.index("--revision") + 1])
+    # The generators load the very folders the Job filled, and never try the hub.
+    models = serve_config_v2()["applications"][0]["args"]["models"]
+    assert [model["checkpoint"] for model in models] == [c[c.index("--local-dir") + 1] for c in downloads]
     for name, group in groups(rayservice()).items():
         env = {e["name"]: e for e in group["template"]["spec"]["containers"][0]["env"]}
         assert env["HF_HUB_OFFLINE"] == {"name": "HF_HUB_OFFLINE", "value": "1"}, name

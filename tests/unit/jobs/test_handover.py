@@ -31,7 +31,7 @@ def args(request, tmp_path) -> AppArgs:
 def submission(prompt: str, steps: int = 3) -> Submission:
     request = GenerationRequest(
         prompt=prompt, negative_prompt=DEFAULT_NEGATIVE_PROMPT, height=64, width=64, num_frames=25,
-        num_inference_steps=steps, guidance_scale=5.0, fps=24, seed=1,
+        num_inference_steps=steps, guidance_scale=5.0, fps=24, seed=1, model="tiny", shift=3.0,
     )  # fmt: skip
     details = VideoDetails(**request.model_dump(exclude={"image_png"}), mode="t2v")
     return Submission(owner=OWNER, request=request, details=details)

@@ -39,6 +39,7 @@ def submission(prompt: str = "a lantern", steps: int = 3, owner: str = "key-a", 
     request = GenerationRequest(
         prompt=prompt, negative_prompt=DEFAULT_NEGATIVE_PROMPT, height=64, width=64, num_frames=25,
         num_inference_steps=steps, guidance_scale=5.0, fps=24, seed=1, image_png=fields.pop("image_png", None),
+        model="tiny", shift=3.0,
     )  # fmt: skip
     details = VideoDetails(**request.model_dump(exclude={"image_png"}), mode="t2v")
     return Submission(owner=owner, request=request, details=details, **fields)
@@ -178,10 +179,10 @@ def test_admission_refuses_a_full_queue_a_busy_key_and_a_video_the_gpus_cannot_h
         outcomes.append(await jobs.submit(submission("fills the queue", owner="key-b")))
         outcomes.append(await jobs.submit(submission("one more", owner="key-c")))
         # A generator that reports its memory: a video over it is refused before it is queued.
-        jobs._generator_started(Started(worker="gpu", runtime={}, capacity=capacity))
+        jobs._generator_started("tiny", Started(worker="gpu", runtime={}, capacity=capacity))
         large = submission("large")
         large = large.model_copy(update={"request": large.request.model_copy(update={"width": 2048, "height": 2048})})
-        outcomes.append(await jobs.admit("key-c", shape=large.request.shape))
+        outcomes.append(await jobs.admit("key-c", shape=large.request.shape, model="tiny"))
         for job in outcomes[:3]:
             await jobs.cancel("key-a", job.id)
         await jobs.cancel("key-b", outcomes[4].id)
