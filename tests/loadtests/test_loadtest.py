@@ -55,7 +55,7 @@ def test_smoke_load_test_passes_and_writes_the_report(service, tmp_path):
     assert ("POST", "/predict") in names and ("GET", "/v1/videos/{id}/events") in names
 
     report = (tmp_path / "report.md").read_text()
-    row = next(line for line in report.splitlines() if line.startswith("| 2 |"))
+    row = next(line for line in report.splitlines() if line.startswith("| 2 steps |"))
     assert int(row.split("|")[2]) == sum(1 for sample in completed if sample["steps"] == 2)
     assert "- completed: " in report and NO_LOAD_TEST_FAILURES in report
     assert LOAD_KEY not in report and "--api-key REDACTED" in report
@@ -114,7 +114,7 @@ def test_an_unreachable_service_is_a_clear_error(tmp_path):
     ("option", "value", "message"),
     [("--run-time", "5x", "'5x' is not a duration like 90s, 5m or 1h30m"),
      ("--size", "1280", "'1280' is not a size like 1280x704"),
-     ("--steps-mix", "20;2", "'20;2' is not steps:weight, steps 1 to 100, weight above 0 (e.g. 20:2,30:4)")],
+     ("--steps-mix", "20;2", "'20;2' is not [model@]steps:weight, steps 1 to 100, weight above 0")],
 )  # fmt: skip
 def test_bad_options_are_refused_before_any_load(tmp_path, option, value, message):
     run = subprocess.run(
