@@ -92,11 +92,29 @@ def serve_on_gpu_cluster(gpu_nodes: int, config: dict[str, Any], api_key: str) -
         cluster.add_node(num_cpus=2, num_gpus=GPUS_PER_GENERATOR)  # one generator replica a node
     ray.init(address=cluster.address, log_to_driver=False)
     try:
-        yield deploy_config(config, ready_within_s=None)
+        # Not Serve's own 60 s wait: on a busy 2-core machine the nodes take longer to start the apps.
+        url = deploy_config(config, ready_within_s=None, wait=False)
+        deadline = time.monotonic() + 240
+        for app in config["applications"]:
+            wait_running(app["name"], deadline)
+        yield url
     finally:
         serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
+
+
+def wait_running(name: str, deadline: float) -> None:
+    """Until Serve says the application `name` runs (every deployment healthy), by `deadline`."""
+    from ray import serve
+
+    while True:
+        app = serve.status().applications.get(name)
+        if app is not None and app.status == "RUNNING":
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"application {name} not running: {app.status if app else 'absent'}")
+        time.sleep(0.5)
 
 
 def generator_replicas() -> dict[str, int]:

@@ -15,7 +15,7 @@ import ray
 import yaml
 from ray import serve
 
-from serve_app.benchmark.local_cluster import deploy_config
+from serve_app.benchmark.local_cluster import deploy_config, wait_running
 from serve_app.deployments import GENERATOR
 from support.service import ROOT, TEST_ARGS
 
@@ -111,17 +111,6 @@ class Apps:
         for deployment in app["deployments"]:
             deployment["ray_actor_options"] = {"num_cpus": 0, "num_gpus": 0}
         return app
-
-
-def wait_running(name: str, deadline: float) -> None:
-    """Until Serve says the application `name` runs (every deployment healthy), by `deadline`."""
-    while True:
-        app = serve.status().applications.get(name)
-        if app is not None and app.status == "RUNNING":
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"application {name} not running: {app.status if app else 'absent'}")
-        time.sleep(0.5)
 
 
 def wait_ready(url: str, within_s: float = 120) -> None:
