@@ -64,6 +64,7 @@ class Orphan:
 
     job_id: str
     status: JobStatus
+    owner: str
 
 
 @dataclass(frozen=True)
