@@ -9,7 +9,7 @@ config's `ray_actor_options` replaces the code's whole dict. So no config sets t
 `ray_actor_options`: its GPU is counted here alone (`GPUS_PER_GENERATOR`).
 """
 
-from typing import Any
+from typing import Any, cast
 
 from serve_app.config import AppArgs
 
@@ -70,3 +70,17 @@ def replica_states(app_name: str, deployment: str) -> dict[str, int]:
 
 def running_replicas(app_name: str, deployment: str) -> int:
     return replica_states(app_name, deployment).get("RUNNING", 0)
+
+
+def generator_slots(app_name: str, deployment: str) -> int:
+    """The most requests `deployment` runs at once: its most replicas (autoscaling's `max_replicas`,
+    or `num_replicas`) times `max_ongoing_requests`, as the Serve controller applies them now (the
+    config files set them, so they are read back, not repeated). Blocks: call from a thread."""
+    from ray.serve._private.client import ServeControllerClient
+    from ray.serve.context import _get_global_client
+
+    client = cast(ServeControllerClient, _get_global_client())  # it raises when no controller runs
+    info, _ = client.get_deployment_info(deployment, app_name)
+    config = info.deployment_config
+    replicas = config.autoscaling_config.max_replicas if config.autoscaling_config else config.num_replicas or 1
+    return int(replicas * config.max_ongoing_requests)

@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, cast
 
+from ray.serve.context import _get_internal_replica_context
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.common.logs import use_serve_log_handlers
@@ -26,6 +27,7 @@ from serve_app.common.outbound import OutboundPolicy
 from serve_app.common.storage import REFERENCE, ResultStorage
 from serve_app.common.tasks import spawn
 from serve_app.config import AppArgs, webhook_secrets
+from serve_app.deployments import generator_names, generator_slots
 from serve_app.error_codes import ErrorCode
 from serve_app.handles import GeneratorDeployment, Handle
 from serve_app.jobs.admission import Admission
@@ -38,6 +40,10 @@ from serve_app.jobs.webhooks import WebhookSender
 from serve_app.messages import Job, JobPage, JobStatus, Refusal, Started, Submission, VideoShape
 
 logger = logging.getLogger(__name__)
+
+# How often each model's slots (`Dispatcher.set_slots`) are read again: a redeploy that changes the
+# generators' max_replicas takes effect within this.
+SLOTS_PERIOD_S = 10.0
 
 
 class Watchers:
@@ -102,12 +108,18 @@ class Jobs:
             self._store, self._dispatcher, self._runner, args.jobs_heartbeat_s, args.jobs_silent_s
         )
         self._watchers = Watchers()
+        # Outside Serve (the unit tests) there is no controller to read the generators' slots from.
+        replica = _get_internal_replica_context()
+        self._app = replica.app_name if replica is not None else None
+        self._generator_deployments = generator_names(args)
+        await self._read_slots()
         await self._store.heartbeat(self._runner)
         self._tasks = [
             spawn(self._handover.beat()),
             spawn(self._follow_changes()),
             spawn(self._every(min(60.0, self._retention_s / 4), self.expire)),
             spawn(self._every(args.jobs_heartbeat_s, self._count)),
+            spawn(self._every(SLOTS_PERIOD_S, self._read_slots)),
         ]
         if webhook_secrets():
             outbound = OutboundPolicy(tuple(args.url_allowlist), tuple(args.url_ports))
@@ -174,7 +186,7 @@ class Jobs:
             return refusal
         logger.info("job %s: queued for key %s", job.id, submission.owner)
         self._metrics.submitted(submission.owner)
-        await self._dispatcher.dispatch(job.id, request)
+        await self._dispatcher.dispatch(job.id, submission.owner, request)
         return await self._view(job)
 
     async def admit(
@@ -279,6 +291,13 @@ class Jobs:
                 logger.exception("following the store's changes failed; again in a second")
                 await asyncio.sleep(1.0)
 
+    async def _read_slots(self) -> None:
+        """How many jobs each model's generators run at once, from the Serve controller."""
+        if self._app is None:
+            return
+        for model, deployment in self._generator_deployments.items():
+            self._dispatcher.set_slots(model, await asyncio.to_thread(generator_slots, self._app, deployment))
+
     async def _count(self) -> None:
         self._metrics.counts(await self._store.count(JobStatus.QUEUED), await self._store.count(JobStatus.IN_PROGRESS))
 
@@ -293,4 +312,6 @@ class Jobs:
     async def _view(self, job: Job) -> Job:
         if job.status != JobStatus.QUEUED:
             return job
-        return job.model_copy(update={"queue_position": await self._store.queue_position(job.id)})
+        # Its place in this replica's fair order; one another replica holds, by the store's estimate.
+        position = self._dispatcher.queue_position(job.id) or await self._store.queue_position(job.id)
+        return job.model_copy(update={"queue_position": position})

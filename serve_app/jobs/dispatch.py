@@ -1,9 +1,17 @@
-"""Running jobs: each job this Jobs replica holds is dispatched once to the Generator deployment
-(Serve's router queues it, first come first served, and autoscales the generators on that queue),
-and its stream followed to the end: `Started`, each step's `Progress`, then the result, written to
-storage before the job is marked completed. Every transition is a compare-and-set in the store, so
-a job cancelled, deleted or handed over meanwhile stops here at its next event, and its
-generation at the end of the current step."""
+"""Running jobs: each job this Jobs replica holds waits in its model's `FairQueue` for its turn,
+then is sent once to the model's Generator deployment (Serve's router queues it, first come first
+served, and autoscales the generators on that queue), and its stream followed to the end:
+`Started`, each step's `Progress`, then the result, written to storage before the job is marked
+completed. Every transition is a compare-and-set in the store, so a job cancelled, deleted or
+handed over meanwhile stops here at its next event, and its generation at the end of the current
+step.
+
+Fair between keys: Serve holds at most as many of a model's jobs, queued or running, as its
+generators can run at once (`set_slots`, from `deployments.generator_slots`: max_replicas), enough
+to scale them out to the maximum, from zero too. The rest wait here, and enter as slots free, keys
+taking turns (`fair_queue`): a key that comes later waits for a slot, not for every job of the keys
+before it. A job waiting here, not yet in Serve, is cancelled, deleted or handed over by forgetting
+it; its queue position is its place in that order."""
 
 import asyncio
 import logging
@@ -11,7 +19,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 from ray.exceptions import RayActorError
 
@@ -20,6 +28,7 @@ from serve_app.common.storage import REFERENCE, THUMBNAIL, VIDEO, ResultStorage
 from serve_app.common.tasks import spawn
 from serve_app.error_codes import ErrorCode
 from serve_app.handles import GenerationEvent, GeneratorDeployment, Handle
+from serve_app.jobs.fair_queue import FairQueue
 from serve_app.jobs.store import JobStore
 from serve_app.jobs.webhooks import event
 from serve_app.messages import (
@@ -48,11 +57,13 @@ class Stream(Protocol):
 
 @dataclass
 class RunningJob:
-    """What this replica keeps about a job it dispatched, until the job's stream ends."""
+    """What this replica keeps about a job it dispatched, until the job's stream ends: while the job
+    waits for its turn it has its request and no stream; once sent to Serve, its stream."""
 
     job_id: str
     model: str
-    stream: Stream
+    request: GenerationRequest | None
+    stream: Stream | None = None
     queued_at: float = field(default_factory=time.time)
     started_at: float | None = None
     task: asyncio.Task[None] | None = None
@@ -83,10 +94,14 @@ class Dispatcher:
         self._on_started = on_started
         self._on_finished = on_finished
         self.running: dict[str, RunningJob] = {}
+        # By model: how many of its jobs Serve may hold at once (none: no limit, until `set_slots`), and
+        # the order its jobs enter Serve in.
+        self._slots: dict[str, int] = {}
+        self._queues: dict[str, FairQueue] = {model: FairQueue() for model in generators}
 
-    async def dispatch(self, job_id: str, request: GenerationRequest | None = None) -> None:
-        """Send the job to the generators and follow it. Without `request` (a job adopted from
-        another replica) it comes from the store, and its reference image from storage."""
+    async def dispatch(self, job_id: str, owner: str, request: GenerationRequest | None = None) -> None:
+        """Queue the job for the generators, in its key's line, and follow it. Without `request` (a job
+        adopted from another replica) it comes from the store, and its reference image from storage."""
         if request is None:
             request = await self._store.request(job_id)
         if request.image_png is None and await asyncio.to_thread(self._storage.exists, job_id, REFERENCE):
@@ -97,9 +112,30 @@ class Dispatcher:
             message = f"This server no longer serves the model {request.model!r}: submit the job again."
             await self.finish(job_id, JobStatus.FAILED, JobError(code=ErrorCode.MODEL_NOT_SERVED, message=message))
             return
-        running = RunningJob(job_id, request.model, generator.stream(GeneratorDeployment.generate, request))
-        self.running[job_id] = running
-        running.task = spawn(self._follow(running), name=f"follow {job_id}")
+        self.running[job_id] = RunningJob(job_id, request.model, request)
+        self._queues[request.model].add(job_id, owner)
+        self._enter(request.model)
+
+    def set_slots(self, model: str, slots: int) -> None:
+        """How many of the model's jobs Serve may hold at once, queued or running: the most its
+        generators run at once."""
+        self._slots[model] = slots
+        self._enter(model)
+
+    def _enter(self, model: str) -> None:
+        """Send the model's waiting jobs to its generators while Serve has slots for them, fairest first."""
+        queue = self._queues[model]
+        while (job_id := queue.next(self._slots.get(model))) is not None:
+            running = self.running[job_id]
+            request, running.request = cast(GenerationRequest, running.request), None
+            running.stream = self._generators[model].stream(GeneratorDeployment.generate, request)
+            running.task = spawn(self._follow(running), name=f"follow {job_id}")
+
+    def queue_position(self, job_id: str) -> int | None:
+        """The job's place in its model's queue, 1 for the next to start; None if this replica does not
+        hold it queued."""
+        running = self.running.get(job_id)
+        return self._queues[running.model].position(job_id) if running is not None else None
 
     async def finish(
         self,
@@ -132,8 +168,8 @@ class Dispatcher:
         stored_bytes = len(result.video_mp4) + len(result.thumbnail_jpeg) if result else 0
         if not await self._store.finish(job, webhook, stored_bytes):
             return None
-        running = self.running.pop(job_id, None)
-        if running is not None and result is None:
+        running = self._forget(job_id)
+        if running is not None and running.stream is not None and result is None:
             running.stream.cancel()
         await asyncio.to_thread(self._storage.delete_file, job_id, REFERENCE)
         gpu_s = time.time() - running.started_at if running and running.started_at else 0.0
@@ -143,16 +179,24 @@ class Dispatcher:
         return job
 
     def stop(self, job_id: str) -> None:
-        """Stop following a job: the router never assigns it if still queued; a generation stops at
-        the end of its step."""
+        """Stop following a job: one waiting for its turn never goes to Serve, the router never assigns
+        one queued there; a generation stops at the end of its step."""
+        running = self._forget(job_id)
+        if running is not None and running.stream is not None:
+            running.stream.cancel()
+
+    def _forget(self, job_id: str) -> RunningJob | None:
+        """Drop the job from this replica; the next waiting job of its model takes its slot."""
         running = self.running.pop(job_id, None)
         if running is not None:
-            running.stream.cancel()
+            self._queues[running.model].remove(job_id)
+            self._enter(running.model)
+        return running
 
     async def _follow(self, running: RunningJob) -> None:
         job_id = running.job_id
         try:
-            async for message in running.stream:
+            async for message in cast(Stream, running.stream):
                 if isinstance(message, Started):
                     following = await self._started(running, message)
                 elif isinstance(message, Progress):
@@ -184,6 +228,7 @@ class Dispatcher:
             # Cancelled, or handed over to another replica, just as the generator took it.
             self.stop(running.job_id)
             return False
+        self._queues[running.model].start(running.job_id)
         self._metrics.started(running.started_at - running.queued_at)
         await asyncio.to_thread(self._storage.delete_file, running.job_id, REFERENCE)
         logger.info("job %s: started on %s", running.job_id, started.worker)

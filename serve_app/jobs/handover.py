@@ -58,14 +58,16 @@ class Handover:
             for orphan in await self._store.adopt(self._runner, self._silent_s):
                 if orphan.status == JobStatus.QUEUED:
                     logger.info("job %s: adopted, dispatching", orphan.job_id)
-                    await self._dispatcher.dispatch(orphan.job_id)
+                    await self._dispatcher.dispatch(orphan.job_id, orphan.owner)
                 else:
                     await self._dispatcher.finish(orphan.job_id, JobStatus.FAILED, INTERRUPTED)
 
     async def stop(self) -> None:
         """Hand over the jobs not started, follow the running ones to their end, leave."""
         self.stopping = True
-        queued = [running for running in self._dispatcher.running.values() if not running.started]
+        # Those waiting for their turn first: a slot freed meanwhile sends none of them to Serve.
+        queued = sorted((running for running in self._dispatcher.running.values() if not running.started),
+                        key=lambda running: running.stream is not None)  # fmt: skip
         released = 0
         for running in queued:
             # Released only if it is still queued and ours: a job that has started stays ours.

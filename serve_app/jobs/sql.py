@@ -275,12 +275,12 @@ class SqlStore:
                 "UPDATE jobs SET runner = ? WHERE id IN (SELECT id FROM jobs "
                 f"WHERE status IN {ACTIVE} AND (runner IS NULL OR runner NOT IN "
                 f"(SELECT id FROM runners WHERE heartbeat >= {self.now} - ?)) {self.skip_locked}) "
-                "RETURNING seq, id, status",
+                "RETURNING seq, id, status, owner",
                 (runner, silent_s),
             )
-            for _, job_id, _ in rows:
+            for _, job_id, _, _ in rows:
                 await self._changed(tx, job_id)
-        return [Orphan(job_id, JobStatus(status)) for _, job_id, status in sorted(rows)]
+        return [Orphan(job_id, JobStatus(status), owner) for _, job_id, status, owner in sorted(rows)]
 
     # The webhook outbox.
 

@@ -64,6 +64,7 @@ class Orphan:
 
     job_id: str
     status: JobStatus
+    owner: str
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ class JobStore(Protocol):
     async def request(self, job_id: str) -> GenerationRequest: ...
 
     async def queue_position(self, job_id: str) -> int:
-        """1 for the next job to start."""
+        """1 for the next job to start, by submission order: an estimate, for a job another Jobs
+        replica holds (the one that holds it knows its turn: `fair_queue`)."""
 
     async def count(self, status: JobStatus, owner: str | None = None) -> int: ...
 

@@ -119,18 +119,25 @@ def test_a_dead_replicas_queued_jobs_are_adopted_and_its_running_job_fails_clear
     assert generator.started == {"running": 1, "queued 0": 1, "queued 1": 1}
 
 
-def test_a_rolling_update_hands_over_queued_jobs_and_finishes_running_ones_each_once(args):
+@pytest.mark.parametrize("slots", [None, 1], ids=["all-in-serve", "waiting-their-turn"])
+def test_a_rolling_update_hands_over_queued_jobs_and_finishes_running_ones_each_once(args, slots):
     # A running job that outlasts the silence after which a replica counts as dead: the stopping
-    # replica beats on while it follows it.
+    # replica beats on while it follows it. With one slot, the queued jobs wait their turn in Jobs
+    # (not yet in Serve) on both replicas.
     args = args.model_copy(update=FAST_HANDOVER)
+
+    def started(jobs):
+        if slots is not None:
+            jobs._dispatcher.set_slots("tiny", slots)  # what the controller says (no Serve here)
+        return jobs
 
     async def scenario():
         generator = FakeGenerator(step_s=0.05)
-        old = await start_jobs(generator, args)
+        old = started(await start_jobs(generator, args))
         running = await old.submit(submission("running", steps=30))
         queued = [await old.submit(submission(f"queued {i}")) for i in range(3)]
         await apoll(lambda: running_on(old, running), what="the job starting")
-        new = await start_jobs(generator, args)
+        new = started(await start_jobs(generator, args))
         stopping = asyncio.create_task(old.__del__())  # Serve's graceful shutdown of the old replica
         seen = set()
 

@@ -276,3 +276,32 @@ def test_a_webhook_waits_in_the_outbox_across_a_restart_and_is_retried_with_the_
     first, second, *more = handler.received
     assert not more and first["id"] == second["id"] and first["body"] == second["body"]
     assert f'"id": "{job.id}"'.encode() in first["body"] and b'"type": "video.completed"' in first["body"]
+
+
+def test_a_key_that_comes_later_waits_for_a_slot_not_for_every_job_of_the_key_before_it(args):
+    args = args.model_copy(update={"max_queued_jobs": 20, "max_jobs_per_key": 20})
+
+    async def scenario():
+        generator = FakeGenerator(replicas=0)  # nothing starts until a replica frees up
+        jobs = await start_jobs(generator, args)
+        jobs._dispatcher.set_slots("tiny", 2)  # what the controller says of 2 generators (no Serve here)
+        first = [await jobs.submit(submission(f"a{i}", owner="key-a")) for i in range(6)]
+        later = await jobs.submit(submission("b", owner="key-b"))
+        cancelled = await jobs.cancel("key-a", first[-1].id)  # while it waits its turn
+        in_serve = [running.job_id for running in jobs._dispatcher.running.values() if running.stream]
+        positions = {job.prompt: (await jobs.get(job_owner(job), job.id)).queue_position for job in (*first, later)}
+        generator.replicas.release()  # one replica, first come first served in Serve's queue
+        done = [await until_finished(jobs, job, job_owner(job)) for job in (*first[:-1], later)]
+        await jobs.__del__()
+        return generator, first, in_serve, cancelled, positions, done
+
+    def job_owner(job: Job) -> str:
+        return "key-b" if job.prompt == "b" else "key-a"
+
+    generator, first, in_serve, cancelled, positions, done = run(scenario())
+    assert in_serve == [first[0].id, first[1].id]  # Serve holds its slots' worth, no more
+    assert cancelled.status == "cancelled" and positions.pop("a5") is None
+    # b took the first slot that freed; its position said so all along.
+    assert list(generator.started) == ["a0", "a1", "b", "a2", "a3", "a4"]
+    assert positions == {"a0": 1, "a1": 2, "b": 3, "a2": 4, "a3": 5, "a4": 6}
+    assert [job.status for job in done] == ["completed"] * 6
