@@ -5,6 +5,7 @@ server for `image_url`; a throwaway PostgreSQL server. Helpers live in `support/
 
 import hashlib
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -144,3 +145,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
             item.add_marker(pytest.mark.xdist_group("cluster"))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Refuse to run where pytest-xdist's `--dist loadgroup` no longer groups (it names a group by
+    a suffix of the node id, which pytest 9.2 ignores): every worker would start a cluster."""
+    if getattr(session.config.option, "loadgroup", False):  # set in the workers of `--dist loadgroup`
+        ungrouped = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group")
+                     and "@" not in item.nodeid]  # fmt: skip
+        if ungrouped:  # a worker's error is not shown, only that it crashed: say why on its stderr
+            message = f"pytest-xdist did not group {ungrouped[0]} (and {len(ungrouped) - 1} more): pytest>=9.2?"
+            print(message, file=sys.stderr)
+            raise pytest.UsageError(message)
