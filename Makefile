@@ -59,7 +59,8 @@ $(POSTGRES):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
 
-# Two pytest-xdist workers: the tests on the Ray cluster in one (their group), the rest shared.
+# Two pytest-xdist workers sharing the tests, each with a Ray cluster of its own; the groups
+# (xdist_group) stay in one worker.
 test: lint $(CHROMIUM) $(POSTGRES)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25
 

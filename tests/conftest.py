@@ -137,19 +137,18 @@ def postgres() -> Iterator[str]:
 CLUSTER_FIXTURES = {"ray_cluster", "apps", "service", "client", "simulated_app"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that uses the Ray cluster is an integration test, whatever its file says, and runs in
-    the one pytest-xdist worker that holds the cluster (`--dist loadgroup`)."""
+    """A test that uses the Ray cluster is an integration test, whatever its file says. Such tests
+    are not an xdist group: each worker starts a cluster of its own when it first needs one, and
+    the two share the cluster's tests (in one worker, they were the longest part of the run)."""
     for item in items:
         if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
-            item.add_marker(pytest.mark.xdist_group("cluster"))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Refuse to run where pytest-xdist's `--dist loadgroup` no longer groups (it names a group by
-    a suffix of the node id, which pytest 9.2 ignores): every worker would start a cluster."""
+    a suffix of the node id, which pytest 9.2 ignores): a group's tests would be traced again in each worker."""
     if getattr(session.config.option, "loadgroup", False):  # set in the workers of `--dist loadgroup`
         ungrouped = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group")
                      and "@" not in item.nodeid]  # fmt: skip
