@@ -164,7 +164,8 @@ def prepare_model(
     # A CPU has no memory limit to plan for: the fastest allowed plan.
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0] if free_bytes is None else free_bytes
-        capacity = plan_memory(memory_tracer(t2v, options), free, options)
+        # What the loaded LoRA adapters may take is not the plan's to count on.
+        capacity = plan_memory(memory_tracer(t2v, options), free - options.lora_memory_bytes, options)
     else:
         capacity = None
     plan = capacity.plan if capacity else candidate_plans(options)[0]

@@ -97,7 +97,9 @@ class Dispatcher:
             message = f"This server no longer serves the model {request.model!r}: submit the job again."
             await self.finish(job_id, JobStatus.FAILED, JobError(code=ErrorCode.MODEL_NOT_SERVED, message=message))
             return
-        running = RunningJob(job_id, request.model, generator.stream(GeneratorDeployment.generate, request))
+        # A request with adapters goes where its set is loaded, where it can (see engine/generator.py).
+        stream = generator.multiplexed(request.adapter_set).stream(GeneratorDeployment.generate, request)
+        running = RunningJob(job_id, request.model, stream)
         self.running[job_id] = running
         running.task = spawn(self._follow(running), name=f"follow {job_id}")
 
@@ -158,7 +160,7 @@ class Dispatcher:
                 elif isinstance(message, Progress):
                     following = await self._progress(job_id, message)
                 elif isinstance(message, GenerationFailure):
-                    await self.finish(job_id, JobStatus.FAILED, JobError(code=message.code, message=message.message))
+                    await self.finish(job_id, JobStatus.FAILED, JobError(**message.model_dump()))
                     return
                 else:
                     await self._complete(running, message)
@@ -212,7 +214,7 @@ class Dispatcher:
             return
         started_at = running.started_at or time.time()
         timings = JobTimings(queued_s=round(started_at - running.queued_at, 3), **result.timings.model_dump())
-        details = stored.job.details.model_copy(update={"timings": timings})
+        details = stored.job.details.model_copy(update={"timings": timings, "loras": result.loras})
         await self.finish(job_id, JobStatus.COMPLETED, details=details, result=result)
 
     async def _failed(self, job_id: str, exc: Exception) -> None:
