@@ -205,11 +205,12 @@ class VideoRequest(BaseModel):
 _BOUNDS = ("minimum", "exclusiveMinimum", "maximum", "default", "maxLength")
 
 
-def field_bounds() -> dict[str, dict[str, Any]]:
+def field_bounds(model: type[BaseModel] = VideoRequest) -> dict[str, dict[str, Any]]:
     """Each request field's bounds and default, from its JSON schema (what the page and the CLI
-    show): an optional field's bounds are those of its non-null type, its default None."""
+    show): an optional field's bounds are those of its non-null type, its default None. `model`:
+    the request's, or an adapter's (`LoraRequest`)."""
     bounds = {}
-    for name, field in VideoRequest.model_json_schema()["properties"].items():
+    for name, field in model.model_json_schema()["properties"].items():
         typed: dict[str, Any] = next((option for option in field.get("anyOf", []) if option.get("type") != "null"), {})
         bounds[name] = {key: value for key, value in {**typed, **field}.items() if key in _BOUNDS}
     return bounds
