@@ -47,6 +47,9 @@ class PipelineOptions:
     warmup_size: str = "1280x704x121"
     # GPU memory kept free for LoRA adapters: what the loaded ones may take at most.
     lora_memory_bytes: int = 0
+    # With compilation: adapters hot-swapped into this many slots of rank `lora_rank` (0: none).
+    lora_slots: int = 0
+    lora_rank: int = 64
 
     @property
     def warmup_dimensions(self) -> tuple[int, int, int]:
@@ -382,6 +385,12 @@ class AppArgs(BaseModel):
         20, gt=0, description="Disk cache of downloaded adapters in `cache_dir`, by SHA-256 (least recently used out)."
     )
     lora_fetch_timeout_s: float = Field(300, gt=0, description="Time allowed for downloading one adapter.")
+    lora_hotswap_rank: int = Field(
+        64,
+        ge=1,
+        description="With `compile`: the highest rank of an adapter (higher ones are refused). A compiled replica "
+        "holds `max_loras_per_replica` slots of this rank, into which adapters are swapped without recompiling.",
+    )
 
     @model_validator(mode="after")
     def _silence_outlasts_heartbeats(self) -> "AppArgs":
@@ -423,6 +432,8 @@ class AppArgs(BaseModel):
             vae_tiling=self.vae_tiling,
             memory_mode=self.memory_mode,
             lora_memory_bytes=int(self.max_loras_per_replica * self.max_lora_mb * 2**20) if self.loras_enabled else 0,
+            lora_slots=self.max_loras_per_replica if self.loras_enabled and self.compile != "off" else 0,
+            lora_rank=self.lora_hotswap_rank,
         )
 
     @property

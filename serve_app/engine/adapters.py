@@ -41,15 +41,24 @@ class AdapterEvents(Protocol):
 
 
 class Adapters:
-    """The adapters of one pipeline's transformer (the text+image pipeline shares it)."""
+    """The adapters of one pipeline's transformer (the text+image pipeline shares it). With
+    `slots` (a compiled transformer's, `add_hotswap_slots`), adapters are hot-swapped into them
+    and every slot stays active, those a request does not use at scale 0: nothing recompiles."""
 
     def __init__(
-        self, pipe: "WanPipeline", files: LoraFiles, max_loaded: int, events: AdapterEvents | None = None
+        self,
+        pipe: "WanPipeline",
+        files: LoraFiles,
+        max_loaded: int,
+        events: AdapterEvents | None = None,
+        slots: tuple[str, ...] = (),
     ) -> None:
         self._pipe = pipe
         self._files = files
-        self._max_loaded = max_loaded
+        self._max_loaded = len(slots) or max_loaded
         self._events = events
+        self._slots = slots
+        self._slot_rank = _rank(pipe.transformer, slots[0]) if slots else 0
         self._loaded: OrderedDict[str, str] = OrderedDict()  # SHA-256 -> adapter name, least recent first
         self._refused: dict[str, str] = {}  # a source (as JSON) or a SHA-256 -> why
 
@@ -62,11 +71,14 @@ class Adapters:
         """Make `loras` the active adapters at their scales (none: all off); what was applied,
         and the seconds spent getting and loading those not yet loaded (0.0 when all were)."""
         if not loras:
-            if self._loaded:
+            if self._slots:
+                set_scales(self._pipe.transformer, dict.fromkeys(self._slots, 0.0))
+            elif self._loaded:
                 self._pipe.disable_lora()
             return [], 0.0
         started = time.perf_counter()
-        names, applied, loaded_any = [], [], False
+        names: list[str] = []
+        applied, loaded_any = [], False
         for index, lora in enumerate(loras):
             param = f"loras[{index}].path"
             source_key = lora.source.model_dump_json()
@@ -81,8 +93,14 @@ class Adapters:
                     loaded_any = True
             names.append(self._loaded[found.sha256])
             applied.append(AppliedLora(path=lora.path, scale=lora.scale, sha256=found.sha256))
-        self._pipe.enable_lora()
-        self._pipe.set_adapters(names, [lora.scale for lora in loras])
+        scales = [lora.scale for lora in loras]
+        if self._slots:
+            set_scales(
+                self._pipe.transformer, {**dict.fromkeys(self._slots, 0.0), **dict(zip(names, scales, strict=True))}
+            )
+        else:
+            self._pipe.enable_lora()
+            self._pipe.set_adapters(names, scales)
         seconds = time.perf_counter() - started if loaded_any else 0.0
         if self._events is not None:
             self._events.loaded(seconds) if loaded_any else self._events.hit()
@@ -107,22 +125,33 @@ class Adapters:
         while len(self._loaded) >= self._max_loaded:
             if not self._evict_one(keep):
                 break  # every loaded adapter is one of this request's
-        name = f"lora_{found.sha256[:16]}"
+        name = self._free_slot(param) if self._slots else f"lora_{found.sha256[:16]}"
         started = time.perf_counter()
         try:
-            self._pipe.load_lora_weights(state_dict, adapter_name=name)
+            self._pipe.load_lora_weights(state_dict, adapter_name=name, hotswap=bool(self._slots))
         except Exception as exc:
-            if name in self._pipe.get_list_adapters().get("transformer", []):
+            # A slot half swapped stays free (at scale 0); a new adapter half loaded goes.
+            if not self._slots and name in self._pipe.get_list_adapters().get("transformer", []):
                 self._pipe.delete_adapters(name)
             logger.warning("%s: %s did not load: %r", param, found.path.name, exc)
             raise LoraRefused(param, f"it does not load into this model: {exc}") from None
+        if self._slots:
+            remember_unit_scales(self._pipe.transformer, name)
         self._loaded[found.sha256] = name
         logger.info("LoRA %s loaded in %.3f s", found.sha256[:12], time.perf_counter() - started)
+
+    def _free_slot(self, param: str) -> str:
+        taken = set(self._loaded.values())
+        free = [slot for slot in self._slots if slot not in taken]
+        if not free:
+            raise LoraRefused(param, f"a replica of this server applies at most {len(self._slots)} adapters at once.")
+        return free[0]
 
     def _evict_one(self, keep: list[str]) -> bool:
         for sha256, name in self._loaded.items():
             if name not in keep:
-                self._pipe.delete_adapters(name)
+                if not self._slots:  # a slot is overwritten by the next adapter instead
+                    self._pipe.delete_adapters(name)
                 del self._loaded[sha256]
                 logger.info("LoRA %s evicted", sha256[:12])
                 if self._events is not None:
@@ -147,9 +176,14 @@ class Adapters:
         return state_dict
 
     def _check_fits(self, state_dict: dict[str, torch.Tensor], param: str) -> None:
-        """Every key names a layer of this transformer, with its shapes."""
+        """Every key names a layer of this transformer, with its shapes (and, into hot-swap slots,
+        a rank they hold)."""
         layers = dict(self._pipe.transformer.named_modules())
         for key, tensor in state_dict.items():
+            if self._slots and ".lora_A." in key and tensor.shape[0] > self._slot_rank:
+                raise LoraRefused(
+                    param, f"its rank is {tensor.shape[0]}, over the {self._slot_rank} of this compiled server."
+                )
             layer_name, _, part = key.removeprefix(PREFIX).rpartition(".lora_")
             if not key.startswith(PREFIX) or not layer_name:
                 raise LoraRefused(param, f"it is not a LoRA of this model's transformer (key {key!r}).")
@@ -173,3 +207,55 @@ def _features(layer: torch.nn.Module) -> tuple[int, int]:
     if isinstance(layer, torch.nn.modules.conv._ConvNd):
         return layer.in_channels, layer.out_channels
     return -1, -1
+
+
+def _lora_layers(transformer: torch.nn.Module, name: str) -> Iterator[torch.nn.Module]:
+    """The layers that adapter `name` adapts (PEFT's LoRA layers hold a `scaling` per adapter)."""
+    return (module for module in transformer.modules() if name in getattr(module, "scaling", {}))
+
+
+def add_hotswap_slots(pipe: "WanPipeline", slots: int, rank: int) -> tuple[str, ...]:
+    """Before the transformer is compiled: `slots` adapters of rank `rank`, all zero, on each of its
+    linear layers, all active at scale 0, with their scalings as tensors. A later adapter replaces
+    a slot's weights in place (diffusers' hot-swap, `enable_lora_hotswap`) and a request sets the
+    scalings' values: the compiled graphs stay valid, nothing recompiles. The slots always run (at
+    scale 0 they add exact zeros): the cost of swapping adapters under compilation."""
+    transformer = pipe.transformer
+    linear = [(name, layer) for name, layer in transformer.named_modules() if isinstance(layer, torch.nn.Linear)]
+    pipe.enable_lora_hotswap(target_rank=rank)
+    names = tuple(f"slot_{index}" for index in range(slots))
+    for name in names:
+        # Tensors of each slot's own: loading may keep them as the slot's weights, which a swap overwrites.
+        zeros = {}
+        for layer_name, layer in linear:
+            like = {"dtype": layer.weight.dtype, "device": layer.weight.device}
+            zeros[f"{PREFIX}{layer_name}.lora_A.weight"] = torch.zeros(rank, layer.in_features, **like)
+            zeros[f"{PREFIX}{layer_name}.lora_B.weight"] = torch.zeros(layer.out_features, rank, **like)
+        pipe.load_lora_weights(zeros, adapter_name=name)
+    transformer.set_adapters(list(names), [1.0] * slots)
+    for name in names:
+        remember_unit_scales(transformer, name)
+    set_scales(transformer, dict.fromkeys(names, 0.0))
+    return names
+
+
+def remember_unit_scales(transformer: torch.nn.Module, name: str) -> None:
+    """Keep each layer's scaling of adapter `name` at scale 1 (its alpha / rank), as loaded, and
+    make it a tensor (a float's change would recompile)."""
+    for layer in _lora_layers(transformer, name):
+        unit = float(layer.scaling[name])
+        layer.unit_scaling = {**getattr(layer, "unit_scaling", {}), name: unit}
+        layer.scaling[name] = torch.tensor(unit, device=layer.lora_A[name].weight.device)
+
+
+def set_scales(transformer: torch.nn.Module, scales: dict[str, float]) -> None:
+    """Each adapter's scale, in place in its scaling tensors (unlike `set_adapters`, which makes
+    them floats)."""
+    for name, scale in scales.items():
+        for layer in _lora_layers(transformer, name):
+            layer.scaling[name].fill_(layer.unit_scaling[name] * scale)
+
+
+def _rank(transformer: torch.nn.Module, name: str) -> int:
+    rank: int = next(_lora_layers(transformer, name)).r[name]
+    return rank

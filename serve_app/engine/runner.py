@@ -50,5 +50,5 @@ def make_runner(args: AppArgs, spec: ModelSpec) -> Runner:
         fetch_timeout_s=args.lora_fetch_timeout_s,
     )
     files = LoraFiles(args.cache_dir, policy, OutboundPolicy(tuple(args.url_allowlist), tuple(args.url_ports)))
-    adapters = Adapters(model.t2v, files, args.max_loras_per_replica, AdapterMetrics(spec.id))
+    adapters = Adapters(model.t2v, files, args.max_loras_per_replica, AdapterMetrics(spec.id), model.lora_slots)
     return PipelineRunner(model, spec, adapters)

@@ -159,3 +159,26 @@ def test_a_run_reports_each_adapter_its_sha256_and_its_load_time(runner, files):
     (applied,) = first.loras
     assert applied.path == "style" and applied.scale == 1.0 and len(applied.sha256) == 64
     assert first.timings.lora_loading_s > 0 and second.timings.lora_loading_s == 0
+
+
+def test_with_compile_adapters_swap_in_place_and_nothing_recompiles(runner, files, tiny_cache, tmp_path):
+    options = PipelineOptions(compile="regional", lora_slots=2, lora_rank=8)
+    compiled = load_model("tiny", torch.device("cpu"), tiny_cache, options)
+    lora_files = LoraFiles(tmp_path / "compiled", POLICY, OutboundPolicy())
+    hot = PipelineRunner(compiled, adapters=Adapters(compiled.t2v, lora_files, 2, slots=compiled.lora_slots))
+    plain = latents(hot)  # compiles, with both slots at scale 0 (what the warm-up does)
+    mixed = (scaled(files["style"], 0.5), files["kohya"])
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        styled = latents(hot, files["style"])
+        both = latents(hot, *mixed)
+        swapped = latents(hot, files["motion"])  # into the least recently used slot: style's
+        after = latents(hot)
+
+    assert torch.equal(after, plain)  # the slots at scale 0 add exact zeros
+    # The same videos as the adapters loaded and combined by set_adapters, eagerly.
+    for got, loras in ((styled, (files["style"],)), (both, mixed), (swapped, (files["motion"],))):
+        torch.testing.assert_close(got, latents(runner, *loras), rtol=1e-3, atol=1e-3)
+    with pytest.raises(LoraRefused, match="rank is 16, over the 8"):  # the slots' rank
+        hot.adapters._check_fits(
+            {"transformer.blocks.0.attn1.to_q.lora_A.weight": torch.zeros(16, 24)}, "loras[0].path"
+        )
