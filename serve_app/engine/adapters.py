@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -209,8 +209,8 @@ def _features(layer: torch.nn.Module) -> tuple[int, int]:
     return -1, -1
 
 
-def _lora_layers(transformer: torch.nn.Module, name: str) -> Iterator[torch.nn.Module]:
-    """The layers that adapter `name` adapts (PEFT's LoRA layers hold a `scaling` per adapter)."""
+def _lora_layers(transformer: torch.nn.Module, name: str) -> Iterator[Any]:
+    """The layers that adapter `name` adapts (PEFT's LoRA layers, untyped, hold a `scaling` per adapter)."""
     return (module for module in transformer.modules() if name in getattr(module, "scaling", {}))
 
 
@@ -228,9 +228,13 @@ def add_hotswap_slots(pipe: "WanPipeline", slots: int, rank: int) -> tuple[str, 
         # Tensors of each slot's own: loading may keep them as the slot's weights, which a swap overwrites.
         zeros = {}
         for layer_name, layer in linear:
-            like = {"dtype": layer.weight.dtype, "device": layer.weight.device}
-            zeros[f"{PREFIX}{layer_name}.lora_A.weight"] = torch.zeros(rank, layer.in_features, **like)
-            zeros[f"{PREFIX}{layer_name}.lora_B.weight"] = torch.zeros(layer.out_features, rank, **like)
+            dtype, device = layer.weight.dtype, layer.weight.device
+            zeros[f"{PREFIX}{layer_name}.lora_A.weight"] = torch.zeros(
+                rank, layer.in_features, dtype=dtype, device=device
+            )
+            zeros[f"{PREFIX}{layer_name}.lora_B.weight"] = torch.zeros(
+                layer.out_features, rank, dtype=dtype, device=device
+            )
         pipe.load_lora_weights(zeros, adapter_name=name)
     transformer.set_adapters(list(names), [1.0] * slots)
     for name in names:

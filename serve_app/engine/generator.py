@@ -7,7 +7,7 @@ import asyncio
 import contextvars
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import ray
@@ -44,7 +44,9 @@ class Generator:
         # router which sets it holds, and the router sends a request to one that holds its set
         # (`handle.options(multiplexed_model_id=...)` in Jobs). The adapters themselves are loaded
         # by the runner, with the request (the set's key alone does not say what they are).
-        self._hold_adapter_set = serve.multiplexed(max_num_models_per_replica=args.max_loras_per_replica)(_adapter_set)
+        self._hold_adapter_set = serve.multiplexed(max_num_models_per_replica=args.max_loras_per_replica)(
+            _adapter_set_keeper()
+        )
 
     async def generate(
         self, request: GenerationRequest
@@ -131,9 +133,14 @@ class Generator:
             raise RuntimeError("the replica's GPU is gone")
 
 
-async def _adapter_set(key: str) -> str:
-    """What Serve's multiplexing keeps for a set of adapters: its key (the adapters are the runner's)."""
-    return key
+def _adapter_set_keeper() -> Callable[[str], Awaitable[str]]:
+    """What Serve's multiplexing loads for a set of adapters: its key (the adapters are the
+    runner's). A function of each replica's own: Serve keeps its list of keys on the function."""
+
+    async def adapter_set(key: str) -> str:
+        return key
+
+    return adapter_set
 
 
 def _worker_name() -> str | None:

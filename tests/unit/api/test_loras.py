@@ -144,5 +144,9 @@ def test_a_registry_entry_is_a_hub_id_a_path_a_url_or_tiny_style():
         AppArgs(lora_registry={"x": {"source": "http://example.com/a.safetensors"}})
     with pytest.raises(ValidationError, match="sha256"):
         AppArgs(lora_registry={"x": {"source": "tiny-style", "sha256": "not-a-hash"}})
-    assert AppArgs(lora_registry={"x": {"source": "tiny-style"}}).loras_enabled
     assert not AppArgs().loras_enabled and AppArgs().pipeline_options.lora_memory_bytes == 0
+    # With adapters, the memory plan keeps room for the most a replica holds; compiled, hot-swap slots.
+    on = AppArgs(lora_registry={"x": {"source": "tiny-style"}}, max_loras_per_replica=3, max_lora_mb=100)
+    assert on.loras_enabled and on.pipeline_options.lora_memory_bytes == 300 * 2**20
+    assert on.pipeline_options.lora_slots == 0
+    assert on.model_copy(update={"compile": "regional"}).pipeline_options.lora_slots == 3
