@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PREFIX = "transformer."
+# Refusals remembered by a replica, the oldest forgotten first.
+MAX_REFUSALS = 10_000
 # PEFT's own `save_pretrained` names a layer `base_model.model.<layer>`.
 _PEFT_PREFIX = "base_model.model."
 
@@ -60,7 +62,7 @@ class Adapters:
         self._slots = slots
         self._slot_rank = _rank(pipe.transformer, slots[0]) if slots else 0
         self._loaded: OrderedDict[str, str] = OrderedDict()  # SHA-256 -> adapter name, least recent first
-        self._refused: dict[str, str] = {}  # a source (as JSON) or a SHA-256 -> why
+        self._refused: OrderedDict[str, str] = OrderedDict()  # a source (as JSON) or a SHA-256 -> why
 
     @property
     def loaded(self) -> list[str]:
@@ -117,6 +119,8 @@ class Adapters:
         except LoraRefused as exc:
             if exc.permanent:
                 self._refused[key] = exc.reason
+                if len(self._refused) > MAX_REFUSALS:  # sources are the users': bounded
+                    self._refused.popitem(last=False)
             raise
 
     def _load(self, found: LoraFile, param: str, keep: list[str]) -> None:
