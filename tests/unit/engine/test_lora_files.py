@@ -130,3 +130,45 @@ def test_a_registered_local_file_is_read_where_it_is(tmp_path):
     found = files(tmp_path).get(LoraSource(kind="path", location=str(path)), "loras[0].path")
     assert found.path == path and found.sha256 == hashlib.sha256(LORA).hexdigest()
     assert "missing" in refusal(files(tmp_path), LoraSource(kind="path", location=str(tmp_path / "gone.safetensors")))
+
+
+class FakeHub:
+    """The hub's API, which this machine cannot reach: a repo's files and their sizes."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+
+    def list_repo_files(self, repo, revision=None):
+        return list(self.files)
+
+    def get_paths_info(self, repo, paths, revision=None):
+        return [type("Info", (), {"size": len(self.files[path])})() for path in paths]
+
+    def download(self, repo, filename, revision=None, local_dir=None):
+        target = local_dir / filename
+        target.write_bytes(self.files[filename])
+        return str(target)
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    import huggingface_hub
+
+    fake = FakeHub({"README.md": b"", "style.safetensors": LORA, "big.safetensors": BIG})
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: fake)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake.download)
+    # A public address, checked like any download (the real name needs DNS, which tests lack).
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://93.184.216.34")
+    return fake
+
+
+def test_a_hub_file_is_named_or_the_repos_only_safetensors_and_capped(tmp_path, hub):
+    lora_files = files(tmp_path)
+    named = lora_files.get(LoraSource(kind="hub", location="owner/repo/style.safetensors"), "loras[0].path")
+    assert named.path.read_bytes() == LORA
+    assert "2 .safetensors files" in refusal(lora_files, LoraSource(kind="hub", location="owner/repo"))
+    del hub.files["big.safetensors"]
+    only = files(tmp_path / "other").get(LoraSource(kind="hub", location="owner/repo"), "loras[0].path")
+    assert only.sha256 == named.sha256
+    hub.files["big.safetensors"] = BIG
+    assert "limit" in refusal(lora_files, LoraSource(kind="hub", location="owner/repo/big.safetensors"))
