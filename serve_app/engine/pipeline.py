@@ -205,7 +205,9 @@ class PipelineRunner:
         dtype = self.model.t2v.transformer.dtype
         return Prompts(positive=positive.to(dtype), negative=negative.to(dtype) if use_cfg else None)
 
-    def denoise(self, request: GenerationRequest, prompts: Prompts, on_step_end: StepEnd | None = None) -> torch.Tensor:
+    def denoise(
+        self, request: GenerationRequest, prompts: Prompts, on_step_end: StepEnd | None = None
+    ) -> torch.Tensor:
         """The denoised latents: the pipeline stops there, so that decoding is ours to time and to
         keep compact."""
         model = self.model
