@@ -24,6 +24,13 @@ CompileMode = Literal["off", "regional", "full"]
 MemoryMode = Literal["auto", "full", "text_encoder_offload", "model_offload", "group_offload"]
 Switch = Literal["auto", "on", "off"]
 Dtype = Literal["auto", "bfloat16", "float32"]
+# Where a request's LoRA adapter may come from: the operator's registry, the Hugging Face hub, a URL.
+LoraSourceKind = Literal["registered", "hub", "url"]
+# `tiny-style` as a registry source: the random adapter of `tiny`, built locally (engine/tiny.py).
+TINY_STYLE = "tiny-style"
+# A hub id as a LoRA path: `owner/repo`, or `owner/repo/file.safetensors`.
+HUB_LORA_PATTERN = r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}(/[\w./-]{1,200}\.safetensors)?"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,11 @@ class PipelineOptions:
     vae_tiling: Switch = "auto"
     memory_mode: MemoryMode = "auto"
     warmup_size: str = "1280x704x121"
+    # GPU memory kept free for LoRA adapters: what the loaded ones may take at most.
+    lora_memory_bytes: int = 0
+    # With compilation: adapters hot-swapped into this many slots of rank `lora_rank` (0: none).
+    lora_slots: int = 0
+    lora_rank: int = 64
 
     @property
     def warmup_dimensions(self) -> tuple[int, int, int]:
@@ -114,6 +126,42 @@ class ModelSpec(BaseModel):
         None, description="The hub revision (branch, tag or commit) to load; None: `main`. Pin a commit in production."
     )
     recipe: Recipe = Field(default_factory=Recipe)
+
+
+def lora_location_kind(location: str) -> Literal["url", "path", "hub", "tiny"]:
+    """What a LoRA location is: an https URL, a local file, a hub id, or the locally built
+    `tiny-style` (raises ValueError for anything else)."""
+    if location == TINY_STYLE:
+        return "tiny"
+    if location.startswith("https://"):
+        return "url"
+    if location.startswith(("/", "./", "../", "~")):
+        return "path"
+    if re.fullmatch(HUB_LORA_PATTERN, location) and ".." not in location:
+        return "hub"
+    raise ValueError(
+        f"{location!r} is neither an https URL, a local path, a hub id (owner/repo[/file.safetensors]) nor {TINY_STYLE}"
+    )
+
+
+class LoraEntry(BaseModel):
+    """An adapter of the operator's registry (`lora_registry`), by the name requests use."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(
+        description="A hub id (`owner/repo` or `owner/repo/file.safetensors`), a local path, an https URL of a "
+        f"`.safetensors` file, or `{TINY_STYLE}` (a random adapter of `tiny`, built locally)."
+    )
+    revision: str | None = Field(None, description="With a hub id: the branch, tag or commit (pin a commit).")
+    sha256: str | None = Field(
+        None, pattern=SHA256_PATTERN, description="The file's SHA-256: another file is refused, a cached one reused."
+    )
+
+    @model_validator(mode="after")
+    def _known_location(self) -> "LoraEntry":
+        lora_location_kind(self.source)
+        return self
 
 
 class AppArgs(BaseModel):
@@ -317,6 +365,33 @@ class AppArgs(BaseModel):
         "fastest that fits `warmup_size` in the GPU memory free at replica start, by the memory model.",
     )
 
+    lora_registry: dict[str, LoraEntry] = Field(
+        default_factory=dict,
+        description="LoRA adapters by the name requests give as `loras[i].path`, each from a hub id, a local "
+        "path or a URL, optionally pinned by revision or sha256.",
+    )
+    lora_sources: list[LoraSourceKind] = Field(
+        ["registered"],
+        description="Where a request's adapters may come from: `registered` (the registry's names), `hub` (any "
+        "Hugging Face id), `url` (any https URL of a `.safetensors` file, through the address checks of `image_url`).",
+    )
+    max_loras_per_replica: int = Field(
+        4, ge=1, description="Adapters a Generator replica keeps loaded (least recently used out)."
+    )
+    max_lora_mb: float = Field(
+        512, gt=0, description="Largest adapter file (400 above); the memory plan reserves this much a loaded adapter."
+    )
+    lora_cache_gb: float = Field(
+        20, gt=0, description="Disk cache of downloaded adapters in `cache_dir`, by SHA-256 (least recently used out)."
+    )
+    lora_fetch_timeout_s: float = Field(300, gt=0, description="Time allowed for downloading one adapter.")
+    lora_hotswap_rank: int = Field(
+        64,
+        ge=1,
+        description="With `compile`: the highest rank of an adapter (higher ones are refused). A compiled replica "
+        "holds `max_loras_per_replica` slots of this rank, into which adapters are swapped without recompiling.",
+    )
+
     @model_validator(mode="after")
     def _silence_outlasts_heartbeats(self) -> "AppArgs":
         # A replica late by a beat or two (a busy event loop) must not lose its jobs.
@@ -356,7 +431,15 @@ class AppArgs(BaseModel):
             compile=self.compile,
             vae_tiling=self.vae_tiling,
             memory_mode=self.memory_mode,
+            lora_memory_bytes=int(self.max_loras_per_replica * self.max_lora_mb * 2**20) if self.loras_enabled else 0,
+            lora_slots=self.max_loras_per_replica if self.loras_enabled and self.compile != "off" else 0,
+            lora_rank=self.lora_hotswap_rank,
         )
+
+    @property
+    def loras_enabled(self) -> bool:
+        """Whether a request can name any adapter at all."""
+        return bool(self.lora_registry) or self.lora_sources != ["registered"]
 
     @property
     def results_location(self) -> str:

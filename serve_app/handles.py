@@ -72,6 +72,11 @@ class Handle(Generic[D]):
     def __init__(self, handle: DeploymentHandle[Any]) -> None:
         self._handle = handle
 
+    def multiplexed(self, model_id: str | None) -> "Handle[D]":
+        """The handle whose calls go, where they can, to a replica that holds `model_id` (Serve's
+        model multiplexing); None: to any replica."""
+        return self if model_id is None else Handle(self._handle.options(multiplexed_model_id=model_id))
+
     def call(
         self, method: Callable[Concatenate[D, P], Coroutine[Any, Any, R]], /, *args: P.args, **kwargs: P.kwargs
     ) -> DeploymentResponse[R]:

@@ -12,6 +12,8 @@ MAX_SHIFT = 20.0  # the flow shift of the sampling schedule
 MAX_SEED = 2**63 - 1
 MAX_TEXT_CHARS = 10_000  # a prompt, a negative prompt
 MAX_URL_CHARS = 4096
+MAX_LORAS = 4  # adapters in one request
+MAX_LORA_SCALE = 4.0
 # What a caller names that the service stores or echoes (a form field's name, an upload's file
 # name, a model name): at most this long.
 MAX_NAME_CHARS = 64

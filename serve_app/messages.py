@@ -4,6 +4,7 @@ failure), and what the Ingress receives from Jobs (a job's state, a page of jobs
 The HTTP API's resources are the Ingress's (`api.resources`), the stored record the Jobs
 deployment's (`jobs.store`)."""
 
+import hashlib
 from enum import StrEnum
 from typing import Literal, Protocol
 
@@ -70,6 +71,36 @@ class StageTimings(BaseModel):
     decoding_s: float
     transfer_s: float = Field(0.0, description="Copying the decoded uint8 video from the GPU to the host.")
     encoding_s: float
+    lora_loading_s: float = Field(0.0, description="Fetching and loading the adapters this replica did not hold.")
+
+
+class LoraSource(BaseModel):
+    """Where a Generator replica gets an adapter (`kind` as `config.lora_location_kind` says)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["url", "path", "hub", "tiny"]
+    location: str
+    revision: str | None = None
+    sha256: str | None = Field(None, description="Pinned by the operator: another file is refused.")
+
+
+class LoraChoice(BaseModel):
+    """One adapter of a request, its source resolved by the Ingress."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str = Field(description="As the request named it (`loras[i].path`).")
+    scale: float
+    source: LoraSource
+
+
+class AppliedLora(BaseModel):
+    """An adapter a generation used (`details.loras`)."""
+
+    path: str
+    scale: float
+    sha256: str | None = Field(None, description="Of the adapter's file; None until a replica has read it.")
 
 
 class GenerationParameters(BaseModel):
@@ -96,10 +127,20 @@ class GenerationRequest(GenerationParameters):
     model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
 
     image_png: bytes | None = Field(None, description="First frame, already `width` x `height`.")
+    loras: tuple[LoraChoice, ...] = ()
 
     @property
     def shape(self) -> VideoShape:
         return VideoShape.of(self, image=self.image_png is not None)
+
+    @property
+    def adapter_set(self) -> str | None:
+        """The key of its set of adapters, which Serve's model multiplexing routes on (to a replica
+        that holds them); None without adapters: any replica will do."""
+        if not self.loras:
+            return None
+        sources = sorted({lora.source.model_dump_json() for lora in self.loras})
+        return "loras-" + hashlib.sha256("\n".join(sources).encode()).hexdigest()[:24]
 
 
 class Started(BaseModel):
@@ -124,6 +165,7 @@ class GenerationFailure(BaseModel):
 
     code: ErrorCode
     message: str
+    param: str | None = Field(None, description="The request field at fault (`loras[0].path`).")
 
 
 class GenerationResult(BaseModel):
@@ -134,6 +176,7 @@ class GenerationResult(BaseModel):
     model: str
     timings: StageTimings
     peak_gpu_memory_bytes: int | None = Field(None, description="None on a CPU.")
+    loras: list[AppliedLora] = Field(default_factory=list)
 
 
 class JobTimings(StageTimings):
@@ -151,6 +194,7 @@ class VideoDetails(GenerationParameters):
         None, description="OpenAI-style `size`, `seconds`, `model` as sent, before mapping to the values above."
     )
     timings: JobTimings | None = None
+    loras: list[AppliedLora] = Field(default_factory=list, description="The adapters applied, with their SHA-256.")
 
 
 class JobStatus(StrEnum):
@@ -171,6 +215,7 @@ class JobStatus(StrEnum):
 class JobError(BaseModel):
     code: ErrorCode
     message: str
+    param: str | None = None
 
 
 class Job(BaseModel):

@@ -9,7 +9,6 @@ import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from urllib.parse import urljoin
 
 import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -17,7 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from serve_app.api.errors import InvalidRequest, PayloadTooLarge
 from serve_app.api.parsing import content_length
 from serve_app.api.protocol import VideoRequest
-from serve_app.common.outbound import OutboundPolicy, pinned_request
+from serve_app.common.outbound import OutboundPolicy, checked_get
 
 logger = logging.getLogger(__name__)
 
@@ -120,24 +119,13 @@ class ImageLoader:
             raise InvalidRequest(UNREACHABLE, param="image_url") from None
 
     async def _follow(self, url: str) -> bytes:
-        async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
-            for _ in range(_MAX_REDIRECTS + 1):
-                host, address = await self._outbound.check(url, "image_url")
-                # `identity`: httpx would inflate a compressed answer a whole chunk at a time, before
-                # the byte cap is checked (a few KB of `gzip, gzip` inflate to gigabytes).
-                headers = {"Accept": "image/*", "Accept-Encoding": "identity"}
-                request = pinned_request(client, "GET", url, host, address, headers=headers)
-                response = await client.send(request, stream=True)
-                try:
-                    if response.is_redirect:
-                        url = urljoin(url, response.headers["location"])
-                        continue
-                    if response.status_code != 200:
-                        raise _Unreachable(f"HTTP {response.status_code}")
-                    return await self._read_capped(response)
-                finally:
-                    await response.aclose()
-        raise _Unreachable(f"more than {_MAX_REDIRECTS} redirects")
+        # `identity`: httpx would inflate a compressed answer a whole chunk at a time, before the
+        # byte cap is checked (a few KB of `gzip, gzip` inflate to gigabytes).
+        headers = {"Accept": "image/*", "Accept-Encoding": "identity"}
+        async with checked_get(self._outbound, url, "image_url", headers, _MAX_REDIRECTS) as response:
+            if response.status_code != 200:
+                raise _Unreachable(f"HTTP {response.status_code}")
+            return await self._read_capped(response)
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
         limit = self._policy.max_bytes

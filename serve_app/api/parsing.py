@@ -106,9 +106,15 @@ def _as_invalid_request(exc: ValidationError) -> InvalidRequest:
     first = errors[0]
     if first["type"] == "json_invalid":
         return InvalidRequest(f"Malformed JSON: {first['ctx']['error']}.", code=ErrorCode.INVALID_JSON)
-    loc = [str(part) for part in first["loc"]]
-    # An unknown field's name is the caller's: echoed no longer than a name may be.
-    param = loc[0][:MAX_NAME_CHARS] if loc else None
+    # An unknown field's name is the caller's: echoed no longer than a name may be. A nested one
+    # as `loras[0].scale`.
+    param = (
+        "".join(
+            f"[{part}]" if isinstance(part, int) else f"{'.' if index else ''}{str(part)[:MAX_NAME_CHARS]}"
+            for index, part in enumerate(first["loc"])
+        )
+        or None
+    )
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = "unknown field"

@@ -55,7 +55,7 @@ async def predict(request: Request, state: State, owner: Owner) -> PredictRespon
         return PredictResponse(video_base64=base64.b64encode(video).decode("ascii"), details=job.details)
     if job.status == JobStatus.FAILED and job.error is not None:
         if job.error.code.http_status < 500:  # the request's to change, like a refusal at submission
-            raise ServiceError(job.error.message, code=job.error.code)
+            raise ServiceError(job.error.message, code=job.error.code, param=job.error.param)
         request_id = request_id_of(request)
         logger.error("request %s: job %s failed: %s", request_id, job.id, job.error.message)
         raise ServiceError(f"{job.error.message} (request id {request_id}, job id {job.id})", code=job.error.code)

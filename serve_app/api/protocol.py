@@ -12,6 +12,8 @@ from serve_app.limits import (
     MAX_FPS,
     MAX_FRAMES,
     MAX_GUIDANCE,
+    MAX_LORA_SCALE,
+    MAX_LORAS,
     MAX_NAME_CHARS,
     MAX_SEED,
     MAX_SHIFT,
@@ -30,6 +32,20 @@ from serve_app.messages import SpeedMode, VideoDetails, VideoShape
 _SIZE: JsonDict = {"multipleOf": SIZE_MULTIPLE}
 # Unicode categories of control characters and lone surrogates.
 _CONTROL = frozenset({"Cc", "Cs"})
+
+
+class LoraRequest(BaseModel):
+    """One adapter of a request: which (`path`) and how strongly (`scale`)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    path: str = Field(
+        min_length=1,
+        max_length=MAX_URL_CHARS,
+        description="The name of an adapter this server registered; where its operator allows it, also a Hugging "
+        "Face id (`owner/repo` or `owner/repo/file.safetensors`) or an https URL of a `.safetensors` file.",
+    )
+    scale: float = Field(1.0, ge=0, le=MAX_LORA_SCALE, description="How strongly it applies; 0: not at all.")
 
 
 class VideoRequest(BaseModel):
@@ -111,6 +127,11 @@ class VideoRequest(BaseModel):
         max_length=MAX_URL_CHARS,
         description="http(s) URL that receives a signed POST (Standard Webhooks) when the job completes or fails.",
     )
+    loras: list[LoraRequest] | None = Field(
+        None,
+        max_length=MAX_LORAS,
+        description=f"LoRA adapters to apply, at most {MAX_LORAS}, combined by their scales.",
+    )
     speed_mode: SpeedMode = Field(
         "quality",
         description="`fast`: step caching (FirstBlockCache) skips most of the transformer on steps where its "
@@ -184,11 +205,12 @@ class VideoRequest(BaseModel):
 _BOUNDS = ("minimum", "exclusiveMinimum", "maximum", "default", "maxLength")
 
 
-def field_bounds() -> dict[str, dict[str, Any]]:
+def field_bounds(model: type[BaseModel] = VideoRequest) -> dict[str, dict[str, Any]]:
     """Each request field's bounds and default, from its JSON schema (what the page and the CLI
-    show): an optional field's bounds are those of its non-null type, its default None."""
+    show): an optional field's bounds are those of its non-null type, its default None. `model`:
+    the request's, or an adapter's (`LoraRequest`)."""
     bounds = {}
-    for name, field in VideoRequest.model_json_schema()["properties"].items():
+    for name, field in model.model_json_schema()["properties"].items():
         typed: dict[str, Any] = next((option for option in field.get("anyOf", []) if option.get("type") != "null"), {})
         bounds[name] = {key: value for key, value in {**typed, **field}.items() if key in _BOUNDS}
     return bounds

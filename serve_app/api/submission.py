@@ -10,12 +10,22 @@ from fastapi import Request
 from serve_app.api.dependencies import IngressState
 from serve_app.api.errors import InvalidRequest, Refused, UnsupportedMediaType
 from serve_app.api.images import ImageLoader
+from serve_app.api.loras import resolve_loras
 from serve_app.api.models import apply_model
 from serve_app.api.parsing import parse_form_video_request, parse_video_request, read_body
 from serve_app.api.protocol import VideoRequest
 from serve_app.config import SECRET_ENV, webhook_secrets
 from serve_app.handles import Handle, JobsDeployment
-from serve_app.messages import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, Job, Refusal, Submission, VideoDetails
+from serve_app.messages import (
+    DEFAULT_NEGATIVE_PROMPT,
+    AppliedLora,
+    GenerationRequest,
+    Job,
+    LoraChoice,
+    Refusal,
+    Submission,
+    VideoDetails,
+)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 JSON, FORM = "application/json", "multipart/form-data"
@@ -43,6 +53,7 @@ async def _submit(request: Request, state: IngressState, owner: str, media_type:
         video_request = await parse_video_request(body)
     video_request = apply_model(video_request, state.args.served_models)
     _check_fits(video_request, state.args.max_video_pixels)
+    loras = await resolve_loras(video_request.loras, state.args, state.outbound)
     idempotency_key = _idempotency_key(request)
     # Refused before any image is fetched or decoded: a refused request leaves no trace.
     if refusal := await state.jobs.call(
@@ -57,9 +68,10 @@ async def _submit(request: Request, state: IngressState, owner: str, media_type:
         await state.outbound.check(video_request.webhook_url, "webhook_url")
     # An uploaded input_reference travels as image_base64; errors about it name what was sent.
     image_param = "input_reference" if requested and "input_reference" in requested else "image_base64"
-    generation = await resolve(video_request, state.images, image_param)
+    generation = await resolve(video_request, state.images, image_param, loras)
     details = VideoDetails(
-        **generation.model_dump(exclude={"image_png"}),
+        **generation.model_dump(exclude={"image_png", "loras"}),
+        loras=[AppliedLora(path=lora.path, scale=lora.scale, sha256=lora.source.sha256) for lora in loras],
         mode=video_request.mode,
         image_url=video_request.image_url,
         requested=requested or None,
@@ -79,12 +91,18 @@ async def _submit(request: Request, state: IngressState, owner: str, media_type:
 
 
 async def resolve(
-    video_request: VideoRequest, images: ImageLoader, image_param: str = "image_base64"
+    video_request: VideoRequest,
+    images: ImageLoader,
+    image_param: str = "image_base64",
+    loras: tuple[LoraChoice, ...] = (),
 ) -> GenerationRequest:
     """Fill in what the request left open (seed, negative prompt) and prepare its image; its model
-    and sampling are already resolved (`apply_model`)."""
+    and sampling are already resolved (`apply_model`), its adapters' sources too (`resolve_loras`)."""
     return GenerationRequest(
-        **video_request.model_dump(exclude={"image_url", "image_base64", "webhook_url", "seed", "negative_prompt"}),
+        **video_request.model_dump(
+            exclude={"image_url", "image_base64", "webhook_url", "seed", "negative_prompt", "loras"}
+        ),
+        loras=loras,
         negative_prompt=(
             DEFAULT_NEGATIVE_PROMPT if video_request.negative_prompt is None else video_request.negative_prompt
         ),

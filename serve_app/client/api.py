@@ -65,7 +65,8 @@ class WanClient:
 
     def predict(self, prompt: str, *, image: str | Path | None = None, **params: Any) -> tuple[bytes, dict[str, Any]]:
         """The synchronous call of the hosted API: the MP4 bytes and the `details`. `params` are the
-        body's other fields, `model="fastwan2.2-ti2v-5b"` among them (omitted: the default model)."""
+        body's other fields, `model="fastwan2.2-ti2v-5b"` among them (omitted: the default model), and
+        `loras=["tiny-style", ("motion", 0.5)]` (names or (name, scale) pairs; see `lora_field`)."""
         body = self._body(prompt, image, params)
         response = self._request("POST", "/predict", json=body, timeout=httpx.Timeout(30.0, read=None))
         data = response.json()
@@ -134,6 +135,8 @@ class WanClient:
 
     def _body(self, prompt: str, image: str | Path | None, params: dict[str, Any]) -> dict[str, Any]:
         body = {"prompt": prompt, **{k: v for k, v in params.items() if v is not None}}
+        if "loras" in body:
+            body["loras"] = [lora_field(lora) for lora in body["loras"]]
         if image is not None:
             if str(image).startswith(("http://", "https://")):
                 body["image_url"] = str(image)
@@ -150,6 +153,17 @@ class WanClient:
         if response.is_error:
             raise _error(response)
         return response
+
+
+def lora_field(lora: str | tuple[str, float] | dict[str, Any]) -> dict[str, Any]:
+    """One entry of `loras=`: a path (a registered name, a hub id, a URL), a (path, scale) pair,
+    or the request's own `{"path": ..., "scale": ...}`."""
+    if isinstance(lora, str):
+        return {"path": lora}
+    if isinstance(lora, tuple):
+        path, scale = lora
+        return {"path": path, "scale": scale}
+    return lora
 
 
 def _retry_delay(response: httpx.Response, attempt: int) -> float:

@@ -6,17 +6,19 @@ import sys
 import time
 from pathlib import Path
 
-from serve_app.api.protocol import field_bounds
+from pydantic import BaseModel
+
+from serve_app.api.protocol import LoraRequest, VideoRequest, field_bounds
 from serve_app.api.resources import Video
 from serve_app.client.api import WanClient, WanError
-from serve_app.limits import SIZE_MULTIPLE
+from serve_app.limits import MAX_LORAS, SIZE_MULTIPLE
 from serve_app.messages import JobStatus
 
 
-def _range(field: str) -> str:
+def _range(field: str, model: type[BaseModel] = VideoRequest) -> str:
     """A request field's bounds and default, as the service's request model has them (steps,
     guidance and shift default to the model's, within its own limits: `wan-client models`)."""
-    bounds = field_bounds()[field]
+    bounds = field_bounds(model)[field]
     low = bounds.get("minimum", bounds.get("exclusiveMinimum"))
     default = "the model's" if bounds.get("default") is None else bounds["default"]
     return f"{low}-{bounds['maximum']} (default {default})"
@@ -46,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, help="for a reproducible video (default: drawn, and reported)")
     generate.add_argument(
         "--speed-mode", choices=("quality", "fast"), help="fast: step caching, quicker, less detail (default quality)"
+    )
+    generate.add_argument(
+        "--lora",
+        action="append",
+        type=_lora,
+        dest="loras",
+        metavar="PATH[:SCALE]",
+        help=f"a LoRA adapter: a name the server registered (or, where it allows them, a hub id or an https URL), "
+        f"with its scale {_range('scale', LoraRequest)}; repeatable, up to {MAX_LORAS}",
     )
     generate.add_argument("--image", help="first frame: a file or an http(s) URL (text+image to video)")
     generate.add_argument("-o", "--output", type=Path, default=Path("output.mp4"), help="MP4 to write")
@@ -89,7 +100,7 @@ def _generate(client: WanClient, args: argparse.Namespace) -> int:
         name: getattr(args, name)
         for name in (
             "model", "negative_prompt", "height", "width", "num_frames", "num_inference_steps", "guidance_scale",
-            "shift", "speed_mode",
+            "shift", "speed_mode", "loras",
         )
     }  # fmt: skip
     started = time.monotonic()
@@ -117,6 +128,15 @@ def _generate(client: WanClient, args: argparse.Namespace) -> int:
         f"saved {args.output}: {job.size}, {job.seconds} s, seed {job.details.seed}, in {took:.1f} s", file=sys.stderr
     )
     return 0
+
+
+def _lora(text: str) -> tuple[str, float] | str:
+    """PATH[:SCALE]: a URL's own colons are the path's (its last part is no number)."""
+    path, _, scale = text.rpartition(":")
+    try:
+        return (path, float(scale)) if path else text
+    except ValueError:
+        return text
 
 
 class ProgressBar:

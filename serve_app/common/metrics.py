@@ -79,3 +79,33 @@ class JobMetrics:
             self.steps_per_second.observe(job.details.num_inference_steps / timings.denoising_s)
         if peak_gpu_memory_bytes is not None:
             self.peak_gpu_memory.observe(peak_gpu_memory_bytes)
+
+
+class AdapterMetrics:
+    """Recorded by a Generator replica's LoRA adapters (`engine.adapters`), by served model."""
+
+    def __init__(self, model: str) -> None:
+        self._tags = {"model": model}
+        self.loads = Counter("wan_lora_loads", description="Requests that loaded an adapter.", tag_keys=("model",))
+        self.hits = Counter(
+            "wan_lora_cache_hits", description="Requests whose adapters were all loaded already.", tag_keys=("model",)
+        )
+        self.evictions = Counter(
+            "wan_lora_evictions", description="Adapters unloaded to make room.", tag_keys=("model",)
+        )
+        self.load_seconds = Histogram(
+            "wan_lora_load_seconds",
+            description="Seconds to fetch and load a request's new adapters.",
+            boundaries=SECONDS,
+            tag_keys=("model",),
+        )
+
+    def loaded(self, seconds: float) -> None:
+        self.loads.inc(tags=self._tags)
+        self.load_seconds.observe(seconds, tags=self._tags)
+
+    def hit(self) -> None:
+        self.hits.inc(tags=self._tags)
+
+    def evicted(self) -> None:
+        self.evictions.inc(tags=self._tags)

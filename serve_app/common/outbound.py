@@ -10,9 +10,11 @@ import ipaddress
 import logging
 import socket
 import threading
+from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
@@ -168,3 +170,25 @@ def pinned_request(
     host_header = host if not parts.port else f"{host}:{parts.port}"
     headers = {"Host": host_header, **kwargs.pop("headers", {})}
     return client.build_request(method, pinned, headers=headers, extensions={"sni_hostname": host}, **kwargs)
+
+
+@asynccontextmanager
+async def checked_get(
+    policy: OutboundPolicy, url: str, param: str, headers: dict[str, str], max_redirects: int
+) -> AsyncIterator[httpx.Response]:
+    """GET `url`, streamed, through `policy`'s checks at every redirect (at most `max_redirects`,
+    then httpx.TooManyRedirects): the first answer that is no redirect, whatever its status."""
+    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
+        for _ in range(max_redirects + 1):
+            host, address = await policy.check(url, param)
+            response = await client.send(
+                pinned_request(client, "GET", url, host, address, headers=headers), stream=True
+            )
+            try:
+                if not response.is_redirect:
+                    yield response
+                    return
+                url = urljoin(url, response.headers["location"])
+            finally:
+                await response.aclose()
+    raise httpx.TooManyRedirects(f"more than {max_redirects} redirects")

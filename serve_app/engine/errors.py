@@ -14,3 +14,16 @@ class GenerationCancelled(Exception):
 class VideoTooLarge(Exception):
     """Raised by a generator replica, before any work, for a video its GPU memory cannot hold; the
     message says the largest it can make."""
+
+
+class LoraRefused(Exception):
+    """A request's adapter that this replica will not apply (`param` names it: `loras[0].path`):
+    not a LoRA of this model, not safetensors, over the size cap, or not downloadable. The
+    message says why; the replica is unaffected."""
+
+    def __init__(self, param: str, reason: str, permanent: bool = True) -> None:
+        super().__init__(f"{param}: {reason}")
+        self.param = param
+        self.reason = reason
+        self.message = f"{param}: {reason}"
+        self.permanent = permanent  # of the file itself, so worth remembering (not a failed download)

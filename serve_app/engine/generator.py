@@ -7,16 +7,17 @@ import asyncio
 import contextvars
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import ray
 import torch
+from ray import serve
 from ray.serve.context import _get_internal_replica_context
 
 from serve_app.common.logs import use_serve_log_handlers
 from serve_app.config import AppArgs
-from serve_app.engine.errors import GenerationCancelled, VideoTooLarge
+from serve_app.engine.errors import GenerationCancelled, LoraRefused, VideoTooLarge
 from serve_app.engine.runner import Runner, make_runner
 from serve_app.error_codes import ErrorCode
 from serve_app.messages import GenerationFailure, GenerationRequest, GenerationResult, Progress, Started
@@ -39,6 +40,13 @@ class Generator:
         self._broken: str | None = None  # why this replica can no longer generate
         self._worker_name = _worker_name()
         self._max_generation_s = args.max_generation_s
+        # Serve's model multiplexing, on the request's set of adapters: the replica tells Serve's
+        # router which sets it holds, and the router sends a request to one that holds its set
+        # (`handle.options(multiplexed_model_id=...)` in Jobs). The adapters themselves are loaded
+        # by the runner, with the request (the set's key alone does not say what they are).
+        self._hold_adapter_set = serve.multiplexed(max_num_models_per_replica=args.max_loras_per_replica)(
+            _adapter_set_keeper()
+        )
 
     async def generate(
         self, request: GenerationRequest
@@ -60,6 +68,8 @@ class Generator:
 
         # Copy the context so that log lines from the worker thread carry Serve's request id.
         context = contextvars.copy_context()
+        if adapter_set := serve.get_multiplexed_model_id():
+            await self._hold_adapter_set(adapter_set)
         yield Started(worker=self._worker_name, runtime=self.runner.description, capacity=self.runner.capacity)
         work = loop.run_in_executor(self._worker, context.run, self.runner.run, request, report, cancel)
         # Queued after every `report` of the thread, so it comes last.
@@ -87,6 +97,9 @@ class Generator:
             return work.result()
         except VideoTooLarge as exc:
             return GenerationFailure(code=ErrorCode.VIDEO_TOO_LARGE, message=str(exc))
+        except LoraRefused as exc:
+            logger.info("adapter refused: %s", exc.message)
+            return GenerationFailure(code=ErrorCode.INVALID_REQUEST, message=exc.message, param=exc.param)
         except GenerationCancelled:
             # Nothing else cancels a generation whose caller still reads it: the deadline passed.
             logger.warning("generation stopped at its deadline of %g s", self._max_generation_s)
@@ -118,6 +131,16 @@ class Generator:
             raise RuntimeError(self._broken)
         if self.runner.on_gpu and not torch.cuda.is_available():
             raise RuntimeError("the replica's GPU is gone")
+
+
+def _adapter_set_keeper() -> Callable[[str], Awaitable[str]]:
+    """What Serve's multiplexing loads for a set of adapters: its key (the adapters are the
+    runner's). A function of each replica's own: Serve keeps its list of keys on the function."""
+
+    async def adapter_set(key: str) -> str:
+        return key
+
+    return adapter_set
 
 
 def _worker_name() -> str | None:

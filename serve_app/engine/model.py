@@ -13,6 +13,7 @@ from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanPipeline
 
 from serve_app.capacity import PLANS, Capacity, MemoryMode, Plan
 from serve_app.config import CompileMode, PipelineOptions
+from serve_app.engine.adapters import add_hotswap_slots
 from serve_app.engine.checkpoint import check_files, check_tokenizer
 from serve_app.engine.errors import ModelLoadError
 from serve_app.engine.full_size import wan_scheduler
@@ -68,6 +69,8 @@ class LoadedModel:
     capacity: Capacity | None = None
     # The hub commit loaded (a `revision` resolved); None for a local folder or a tiny checkpoint.
     commit: str | None = None
+    # With compilation: the adapters' hot-swap slots (`engine.adapters.add_hotswap_slots`).
+    lora_slots: tuple[str, ...] = ()
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -164,7 +167,8 @@ def prepare_model(
     # A CPU has no memory limit to plan for: the fastest allowed plan.
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0] if free_bytes is None else free_bytes
-        capacity = plan_memory(memory_tracer(t2v, options), free, options)
+        # What the loaded LoRA adapters may take is not the plan's to count on.
+        capacity = plan_memory(memory_tracer(t2v, options), free - options.lora_memory_bytes, options)
     else:
         capacity = None
     plan = capacity.plan if capacity else candidate_plans(options)[0]
@@ -175,6 +179,8 @@ def prepare_model(
         raise ModelLoadError(f"attention_backend {options.attention_backend!r}: {exc}") from exc
     # Compiled before the guidance hook wraps it, so that `full` compiles the model's own forward;
     # both beneath model offload's hook, which every pipeline call installs again.
+    # Hot-swap slots before compiling: adapters later replace their weights, nothing recompiles.
+    lora_slots = add_hotswap_slots(t2v, options.lora_slots, options.lora_rank) if options.lora_slots else ()
     with beneath_offload_hook(t2v.transformer):
         compile_transformer(t2v.transformer, options.compile)
         guidance = batch_guidance(t2v.transformer) if plan.cfg_batch else None
@@ -199,8 +205,9 @@ def prepare_model(
     }
     logger.info("%s on %s with %s", name, device, resolved)
     return LoadedModel(
-        name=name, device=device, t2v=t2v, i2v=i2v, plan=plan, options=resolved, guidance=guidance, capacity=capacity
-    )
+        name=name, device=device, t2v=t2v, i2v=i2v, plan=plan, options=resolved, guidance=guidance, capacity=capacity,
+        lora_slots=lora_slots,
+    )  # fmt: skip
 
 
 def candidate_plans(options: PipelineOptions) -> tuple[Plan, ...]:

@@ -15,12 +15,13 @@ import torch
 from PIL import Image
 
 from serve_app.config import ModelSpec
-from serve_app.engine.errors import GenerationCancelled, VideoTooLarge
+from serve_app.engine.adapters import Adapters
+from serve_app.engine.errors import GenerationCancelled, LoraRefused, VideoTooLarge
 from serve_app.engine.model import LoadedModel, decode_to_uint8
 from serve_app.engine.schedulers import make_scheduler
 from serve_app.engine.speedups import step_cache
 from serve_app.engine.video import encode_jpeg, encode_mp4
-from serve_app.messages import GenerationRequest, GenerationResult, Progress, StageTimings
+from serve_app.messages import AppliedLora, GenerationRequest, GenerationResult, Progress, StageTimings
 
 if TYPE_CHECKING:
     from diffusers import WanPipeline
@@ -68,8 +69,10 @@ class Prompts:
 class PipelineRunner:
     """Runs requests on a loaded model; `run` is what the generator calls in its worker thread."""
 
-    def __init__(self, model: LoadedModel, spec: ModelSpec | None = None) -> None:
+    def __init__(self, model: LoadedModel, spec: ModelSpec | None = None, adapters: Adapters | None = None) -> None:
         self.model = model
+        # Its LoRA adapters; None: a request that names one is refused.
+        self.adapters = adapters
         # The served model: its id and recipe (by default the checkpoint's name, Wan2.2's recipe).
         self.spec = spec or ModelSpec(id=model.name, checkpoint=model.name)
         self.name = self.spec.id
@@ -134,6 +137,8 @@ class PipelineRunner:
 
         if self.on_gpu:
             torch.cuda.reset_peak_memory_stats(self.model.device)
+        with torch.inference_mode(False):  # PEFT makes the adapters' layers: trainable parameters
+            loras, lora_loading_s = self._activate_adapters(request)  # 0. the adapters
         started = self._clock()
         prompts = self.encode_prompts(request)  # 1. text encoding
         encoded = self._clock()
@@ -154,6 +159,7 @@ class PipelineRunner:
             decoding_s=round(decoded - denoised, 4),
             transfer_s=round(transferred - decoded, 4),
             encoding_s=round(finished - transferred, 4),
+            lora_loading_s=round(lora_loading_s, 4),
         )
         logger.info(
             "generated %dx%dx%d in %.2f s", request.width, request.height, request.num_frames, finished - started
@@ -164,7 +170,15 @@ class PipelineRunner:
             model=self.spec.id,
             timings=timings,
             peak_gpu_memory_bytes=torch.cuda.max_memory_allocated(self.model.device) if self.on_gpu else None,
+            loras=loras,
         )
+
+    def _activate_adapters(self, request: GenerationRequest) -> tuple[list[AppliedLora], float]:
+        if self.adapters is not None:
+            return self.adapters.activate(request.loras)
+        if request.loras:
+            raise LoraRefused("loras[0].path", "this model's replicas apply no LoRA adapters.")
+        return [], 0.0
 
     def _check_fits(self, request: GenerationRequest) -> None:
         if self.capacity is None:

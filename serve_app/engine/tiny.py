@@ -123,3 +123,40 @@ def ensure_tiny_checkpoint(cache_dir: Path, name: str = TINY) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+# The attention projections of every block: what Wan LoRAs adapt.
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def random_lora(transformer: torch.nn.Module, seed: int, rank: int = 4) -> dict[str, torch.Tensor]:
+    """A random LoRA of `transformer`'s attention (scaling 1: alpha = rank) as diffusers saves
+    one (`transformer.blocks.0.attn1.to_q.lora_A.weight`, ...), made with PEFT on a copy of it."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, init_lora_weights=False)
+    adapted = inject_adapter_in_model(config, copy.deepcopy(transformer))
+    return {f"transformer.{key}": value.contiguous() for key, value in get_peft_model_state_dict(adapted).items()}
+
+
+def ensure_tiny_lora(cache_dir: Path) -> Path:
+    """The file of `tiny-style`, a random LoRA of `tiny`'s transformer, built first if the cache
+    lacks it (written under a temporary name, then renamed into place)."""
+    from diffusers import WanTransformer3DModel
+    from safetensors.torch import save_file
+
+    target = Path(cache_dir) / f"tiny-style-v{TINY_VERSION}.safetensors"
+    if target.exists():
+        return target
+    checkpoint = ensure_tiny_checkpoint(cache_dir, TINY)
+    transformer = WanTransformer3DModel.from_pretrained(checkpoint, subfolder="transformer")
+    staging = Path(tempfile.mkstemp(prefix=".tiny-style-", suffix=".safetensors", dir=target.parent)[1])
+    try:
+        save_file(random_lora(transformer, seed=7), staging)
+        os.replace(staging, target)
+    finally:
+        staging.unlink(missing_ok=True)
+    return target

@@ -128,7 +128,9 @@ class Dispatcher:
         while (job_id := queue.next(self._slots.get(model))) is not None:
             running = self.running[job_id]
             request, running.request = cast(GenerationRequest, running.request), None
-            running.stream = self._generators[model].stream(GeneratorDeployment.generate, request)
+            # A request with adapters goes where its set is loaded, where it can (see engine/generator.py).
+            generator = self._generators[model].multiplexed(request.adapter_set)
+            running.stream = generator.stream(GeneratorDeployment.generate, request)
             running.task = spawn(self._follow(running), name=f"follow {job_id}")
 
     def queue_position(self, job_id: str) -> int | None:
@@ -202,7 +204,7 @@ class Dispatcher:
                 elif isinstance(message, Progress):
                     following = await self._progress(job_id, message)
                 elif isinstance(message, GenerationFailure):
-                    await self.finish(job_id, JobStatus.FAILED, JobError(code=message.code, message=message.message))
+                    await self.finish(job_id, JobStatus.FAILED, JobError(**message.model_dump()))
                     return
                 else:
                     await self._complete(running, message)
@@ -257,7 +259,9 @@ class Dispatcher:
             return
         started_at = running.started_at or time.time()
         timings = JobTimings(queued_s=round(started_at - running.queued_at, 3), **result.timings.model_dump())
-        details = stored.job.details.model_copy(update={"timings": timings})
+        # The adapters' SHA-256 as the replica read them (a simulated one reads none).
+        loras = result.loras or stored.job.details.loras
+        details = stored.job.details.model_copy(update={"timings": timings, "loras": loras})
         await self.finish(job_id, JobStatus.COMPLETED, details=details, result=result)
 
     async def _failed(self, job_id: str, exc: Exception) -> None:

@@ -110,6 +110,17 @@ def test_the_model_picker_shows_each_models_defaults_and_makes_its_video(page):
     expect(page.locator("#num_inference_steps-hint")).to_have_text("(1-100, default 50)")
 
 
+def test_lora_adapters_typed_in_the_page_apply_and_the_details_name_them(page):
+    fill(page, **{"LoRA adapters": "tiny-style:0.8"})
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#status")).to_have_text(re.compile("^Done: 64x64"), timeout=60_000)
+    expect(page.locator("#details")).to_contain_text('"path": "tiny-style"')
+    expect(page.locator("#details")).to_contain_text('"scale": 0.8')
+    fill(page, **{"LoRA adapters": "no-such-style"})
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#message")).to_contain_text("loras[0].path")
+
+
 def test_cancel_a_slow_job(page, client):
     fill(page, size=f"{SLOW['width']}x{SLOW['height']}", num_frames=str(SLOW["num_frames"]), steps="100")
     page.get_by_role("button", name="Generate").click()

@@ -12,7 +12,7 @@ import torch
 from support.service import SMALL
 
 from serve_app.config import AppArgs
-from serve_app.engine.errors import GenerationCancelled
+from serve_app.engine.errors import GenerationCancelled, LoraRefused
 from serve_app.engine.generator import Generator
 from serve_app.messages import (
     DEFAULT_NEGATIVE_PROMPT,
@@ -140,3 +140,13 @@ def test_a_cancelled_call_stops_the_runner_and_ends_once_the_worker_is_free():
         return [event async for event in generator.generate(REQUEST)][-1]
 
     assert asyncio.run(cancel_after_start()) == RESULT and runner.runs == 2
+
+
+def test_a_refused_adapter_fails_the_job_as_a_400_naming_it_and_the_replica_carries_on():
+    refused = LoraRefused("loras[1].path", "it adapts 'blocks.40.attn1.to_q', which this model lacks.")
+    generator = Generator(AppArgs(model="simulated"), runner=FakeRunner(raising(refused)))
+    failure = outcome(generator)
+    assert failure == GenerationFailure(code="invalid_request", message=refused.message, param="loras[1].path")
+    assert failure.code.http_status == 400
+    generator.check_health()
+    assert outcome(generator) == RESULT

@@ -29,7 +29,7 @@ WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"test webhook signing key").decode
 # The line of a load test report that says nothing went wrong.
 NO_LOAD_TEST_FAILURES = "failures counted by Locust (HTTP errors, failed jobs, broken streams): 0"
 # The stages a job reports in details.timings.
-TIMINGS = {"queued_s", "text_encoding_s", "denoising_s", "decoding_s", "transfer_s", "encoding_s"}
+TIMINGS = {"queued_s", "text_encoding_s", "denoising_s", "decoding_s", "transfer_s", "encoding_s", "lora_loading_s"}
 SMALL = {"height": 64, "width": 64, "num_frames": 25, "num_inference_steps": 2}
 # A job that denoises for seconds (100 steps) and would decode for many more: long enough to be
 # cancelled, killed or queued behind while it runs.

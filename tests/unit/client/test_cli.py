@@ -19,3 +19,20 @@ def test_the_help_gives_the_bounds_of_limits_and_the_defaults_of_the_request():
     assert helps["shift"] == f"0-{MAX_SHIFT} (default the model's)"
     assert defaults["num_inference_steps"] is defaults["guidance_scale"] is defaults["shift"] is None
     assert helps["fps"] == f"1-{MAX_FPS} (default {defaults['fps']})"
+
+
+def test_lora_is_repeatable_path_colon_scale_and_a_urls_colons_are_its_own():
+    args = build_parser().parse_args(
+        [
+            "generate",
+            "a fox",
+            "--lora",
+            "tiny-style",
+            "--lora",
+            "motion:0.5",
+            "--lora",
+            "https://h.example/a.safetensors",
+        ]
+    )
+    assert args.loras == ["tiny-style", ("motion", 0.5), "https://h.example/a.safetensors"]
+    assert build_parser().parse_args(["generate", "a fox"]).loras is None

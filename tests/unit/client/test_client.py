@@ -52,3 +52,9 @@ def test_the_client_retries_a_503_after_its_retry_after():
         assert (gave_up.value.status, gave_up.value.code) == (503, "queue_full") and len(_Busy.seen) == 2
     finally:
         server.shutdown()
+
+
+def test_loras_are_names_pairs_or_the_requests_own_entries():
+    client = WanClient("http://127.0.0.1:1", "k")
+    body = client._body("a fox", None, {"loras": ["style", ("motion", 0.5), {"path": "x", "scale": 2.0}]})
+    assert body["loras"] == [{"path": "style"}, {"path": "motion", "scale": 0.5}, {"path": "x", "scale": 2.0}]
