@@ -123,15 +123,7 @@ class PipelineRunner:
         """
         cancel = cancel or threading.Event()
         self._check_fits(request)
-
-        def on_step_end(
-            pipe: "WanPipeline", step: int, timestep: torch.Tensor, callback_kwargs: dict[str, torch.Tensor]
-        ) -> dict[str, torch.Tensor]:
-            if cancel.is_set():
-                raise GenerationCancelled
-            report(Progress(step=step + 1, total=pipe.num_timesteps))
-            return callback_kwargs
-
+        on_step_end = self.step_end(report, cancel)
         if self.on_gpu:
             torch.cuda.reset_peak_memory_stats(self.model.device)
         started = self._clock()
@@ -165,6 +157,23 @@ class PipelineRunner:
             timings=timings,
             peak_gpu_memory_bytes=torch.cuda.max_memory_allocated(self.model.device) if self.on_gpu else None,
         )
+
+    def step_end(self, report: Report, cancel: threading.Event) -> StepEnd:
+        """The step callback: stop if cancelled (`stop_now`), else report the step."""
+
+        def on_step_end(
+            pipe: "WanPipeline", step: int, timestep: torch.Tensor, callback_kwargs: dict[str, torch.Tensor]
+        ) -> dict[str, torch.Tensor]:
+            if self.stop_now(cancel):
+                raise GenerationCancelled
+            report(Progress(step=step + 1, total=pipe.num_timesteps))
+            return callback_kwargs
+
+        return on_step_end
+
+    def stop_now(self, cancel: threading.Event) -> bool:
+        """Whether to stop at the end of this step (a gang's ranks decide together: `parallel.py`)."""
+        return cancel.is_set()
 
     def _check_fits(self, request: GenerationRequest) -> None:
         if self.capacity is None:

@@ -1,0 +1,182 @@
+"""One video over the ranks of a gang (several GPUs, or several CPU processes over gloo): their
+process group, diffusers' context parallelism (Ulysses, ring) on the transformer, CFG parallel
+(the two passes of guidance on two ranks), the prompts encoded on rank 0 and broadcast, and a
+cancel that every rank obeys at the same step. No Ray here: `gang.py` starts the ranks.
+
+Every rank runs the same denoising loop on the same latents (the same seed gives each the same
+noise, and each collective leaves every rank the same output), so that the ranks stay in step with
+no latents ever exchanged; only rank 0 decodes the video.
+
+The ranks form a mesh (cfg, ring, ulysses): a CFG pair exchanges its noise predictions over the
+`cfg` dimension, and within each half the context-parallel ranks split the sequence.
+"""
+
+import contextlib
+import dataclasses
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from diffusers import ContextParallelConfig, ParallelConfig, WanTransformer3DModel
+from diffusers.hooks import HookRegistry
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from serve_app.config import ModelSpec, ParallelDegrees
+from serve_app.engine.errors import GenerationCancelled
+from serve_app.engine.model import LoadedModel
+from serve_app.engine.pipeline import MAX_SEQUENCE_LENGTH, PipelineRunner, Prompts
+from serve_app.engine.speedups import CFG_HOOK, BatchedGuidance, beneath_offload_hook
+from serve_app.messages import GenerationRequest
+
+MESH_DIMS = ("cfg", "ring", "ulysses")
+# A collective that waits longer than this for a rank fails (a rank that died mid-job, one that
+# never joined); well above a denoising step of the largest video.
+COLLECTIVE_TIMEOUT_S = 300
+
+
+@dataclass(frozen=True)
+class Rank:
+    """This process's place in its gang."""
+
+    rank: int
+    degrees: ParallelDegrees
+    device: torch.device
+    mesh: DeviceMesh
+
+    @property
+    def leader(self) -> bool:
+        """Rank 0: the Serve replica, which encodes the prompts, decodes and reports."""
+        return self.rank == 0
+
+
+def rendezvous(host: str, port: int, world: int, leader: bool) -> dist.TCPStore:
+    """The gang's meeting point: rank 0 holds it (`port` 0: any free one, read back as `.port`),
+    the others connect to it."""
+    return dist.TCPStore(host, port, world, is_master=leader, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+
+
+def join(store: dist.TCPStore, rank: int, degrees: ParallelDegrees, device: torch.device) -> Rank:
+    """Join the gang's process group (NCCL on GPUs, gloo on the CPU) and build its mesh; returns once
+    every rank has joined."""
+    if device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # each rank sees its own GPU as its first
+        torch.cuda.set_device(device)
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo",
+        store=store,
+        rank=rank,
+        world_size=degrees.world,
+        timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S),
+    )
+    mesh = init_device_mesh(device.type, (degrees.cfg, degrees.ring, degrees.ulysses), mesh_dim_names=MESH_DIMS)
+    return Rank(rank=rank, degrees=degrees, device=device, mesh=mesh)
+
+
+def leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def parallelize(model: LoadedModel, rank: Rank) -> LoadedModel:
+    """The loaded model with its transformer split as `rank.degrees` say: context parallelism by
+    diffusers, CFG parallel by our guidance hook."""
+    transformer = model.t2v.transformer
+    degrees = rank.degrees
+    if degrees.ulysses * degrees.ring > 1:
+        enable_context_parallel(transformer, rank)
+    if degrees.cfg == 1:
+        return model
+    with beneath_offload_hook(transformer):
+        registry = HookRegistry.check_if_exists_or_initialize(transformer)
+        registry.remove_hook(CFG_HOOK, recurse=False)  # the batch of two, if the plan had it
+        guidance = CfgParallel(rank.mesh["cfg"].get_group())
+        registry.register_hook(guidance, CFG_HOOK)
+    return dataclasses.replace(model, guidance=guidance, options={**model.options, "cfg_batch": False})
+
+
+def enable_context_parallel(transformer: WanTransformer3DModel, rank: Rank) -> None:
+    """diffusers' `enable_parallelism` over the mesh's (ring, ulysses) dimensions.
+
+    Its `_resolve_parallel_config` takes the device to be `rank % accelerator count`, which divides
+    by zero on a CPU and is not a gang rank's own GPU: this instance's resolves to our device and
+    mesh instead (everything else of enable_parallelism is diffusers' own)."""
+    degrees = rank.degrees
+    config = ContextParallelConfig(
+        ulysses_degree=degrees.ulysses, ring_degree=degrees.ring, mesh=rank.mesh["ring", "ulysses"]
+    )
+
+    def resolve(context: ContextParallelConfig) -> ParallelConfig:
+        parallel = ParallelConfig(context_parallel_config=context)
+        parallel.setup(rank.rank, degrees.world, rank.device, mesh=context.mesh)
+        transformer._parallel_config = parallel
+        return parallel
+
+    transformer._resolve_parallel_config = resolve
+    transformer.enable_parallelism(config=config)
+
+
+class CfgParallel(BatchedGuidance):
+    """Classifier-free guidance over a pair of ranks: the first computes the conditional pass, the
+    second the unconditional one, each batch one, and they exchange their predictions (an
+    all-gather), so that both continue with both. Everything else is batched guidance's: the
+    pipeline's two calls, the second answered with the prediction already there."""
+
+    def __init__(self, group: dist.ProcessGroup) -> None:
+        super().__init__()
+        self._group = group
+        self._unconditional = dist.get_rank(group) == 1
+
+    def both_passes(
+        self, hidden_states: torch.Tensor, kwargs: dict[str, Any], negative: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        text = negative if self._unconditional else kwargs["encoder_hidden_states"]
+        mine = self.fn_ref.original_forward(
+            hidden_states=hidden_states, **{**kwargs, "encoder_hidden_states": text, "return_dict": False}
+        )[0].contiguous()
+        passes = [torch.empty_like(mine) for _ in range(2)]
+        dist.all_gather(passes, mine, group=self._group)
+        return passes[0], passes[1]
+
+
+class RankRunner(PipelineRunner):
+    """The pipeline runner of one rank of a gang. Rank 0 `run`s requests as a one-GPU replica does
+    (its prompts broadcast, its cancel shared); the other ranks `follow` them."""
+
+    def __init__(self, model: LoadedModel, spec: ModelSpec, rank: Rank) -> None:
+        super().__init__(parallelize(model, rank), spec)
+        self.rank = rank
+        self.description = {**self.description, "parallelism": rank.degrees.details}
+
+    @torch.inference_mode()
+    def follow(self, request: GenerationRequest) -> None:
+        """Denoise `request` with rank 0 (which decodes), until it ends or rank 0 cancels it."""
+        with contextlib.suppress(GenerationCancelled):  # rank 0 reports it
+            self.denoise(request, self.encode_prompts(request), self.step_end(lambda _: None, threading.Event()))
+
+    def encode_prompts(self, request: GenerationRequest) -> Prompts:
+        """Rank 0 encodes, and broadcasts the embeddings; the others receive them (padded to
+        MAX_SEQUENCE_LENGTH tokens, so their shape is known)."""
+        if self.rank.leader:
+            prompts = super().encode_prompts(request)
+        else:
+            shape = (1, MAX_SEQUENCE_LENGTH, self.model.t2v.text_encoder.config.d_model)
+            dtype = self.model.t2v.transformer.dtype
+
+            def empty() -> torch.Tensor:
+                return torch.empty(shape, dtype=dtype, device=self.rank.device)
+
+            prompts = Prompts(positive=empty(), negative=empty() if request.guidance_scale > 1.0 else None)
+        for embeddings in (prompts.positive, prompts.negative):
+            if embeddings is not None:
+                dist.broadcast(embeddings, src=0)
+        return prompts
+
+    def stop_now(self, cancel: threading.Event) -> bool:
+        """Whether any rank was cancelled (rank 0 is, by its caller): every rank asks at every step's
+        end, and all get the same answer, so all stop at the same step."""
+        flag = torch.tensor([int(cancel.is_set())], device=self.rank.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())

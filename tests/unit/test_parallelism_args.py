@@ -1,0 +1,48 @@
+"""The `gpus_per_replica` and `parallelism` app arguments: what `auto` chooses, and each bad
+combination refused at startup with a message that says what to change."""
+
+import pytest
+from pydantic import ValidationError
+
+from serve_app.config import AppArgs, ModelSpec, ParallelDegrees, Recipe
+
+GUIDED = ModelSpec(id="guided", checkpoint="tiny")
+UNGUIDED = ModelSpec(id="turbo", checkpoint="tiny", recipe=Recipe(guidance=False, default_guidance=1.0))
+
+
+@pytest.mark.parametrize(
+    ("gpus", "spec", "expected"),
+    [
+        (1, GUIDED, {"cfg": 1, "ulysses": 1}),
+        (2, GUIDED, {"cfg": 2, "ulysses": 1}),
+        (8, GUIDED, {"cfg": 2, "ulysses": 4}),
+        (4, UNGUIDED, {"cfg": 1, "ulysses": 4}),  # no second pass to give a rank
+    ],
+)
+def test_auto_puts_cfg_first_when_the_model_guides_then_ulysses(gpus, spec, expected):
+    assert AppArgs(gpus_per_replica=gpus).degrees(spec).details == expected
+
+
+def test_explicit_degrees_are_used_as_given():
+    args = AppArgs(gpus_per_replica=4, parallelism={"cfg": 1, "ulysses": 2, "ring": 2})
+    assert args.degrees(GUIDED).details == {"cfg": 1, "ulysses": 2, "ring": 2}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"gpus_per_replica": 3}, "gpus_per_replica"),
+        ({"gpus_per_replica": 4, "parallelism": {"cfg": 2}}, "makes 2 ranks; gpus_per_replica is 4"),
+        ({"gpus_per_replica": 8, "parallelism": {"cfg": 1, "ulysses": 5}}, "divide the model's 24 attention heads"),
+        ({"gpus_per_replica": 2, "parallelism": {"cfg": 3, "ulysses": 1}}, "cfg"),
+        ({"gpus_per_replica": 2, "parallelism": {"ring": 2}, "device": "cpu"}, "ring attention needs"),
+        ({"gpus_per_replica": 2, "parallelism": {"cfg": 2, "tensor": 1}}, "tensor"),
+    ],
+)
+def test_a_bad_combination_is_refused_at_startup(args, message):
+    with pytest.raises(ValidationError, match=message):
+        AppArgs(**args)
+
+
+def test_ring_is_allowed_on_a_gpu():
+    assert AppArgs(gpus_per_replica=2, parallelism=ParallelDegrees(ring=2), device="cuda").parallelism.ring == 2
