@@ -380,7 +380,7 @@ class AppArgs(BaseModel):
         the model guides (the better first split for Wan), and the sequence to the rest (Ulysses)."""
         if self.parallelism != "auto":
             return self.parallelism
-        cfg = 2 if spec.recipe.guidance and self.gpus_per_replica > 1 else 1
+        cfg: Literal[1, 2] = 2 if spec.recipe.guidance and self.gpus_per_replica > 1 else 1
         return ParallelDegrees(cfg=cfg, ulysses=self.gpus_per_replica // cfg)
 
     @model_validator(mode="after")

@@ -134,6 +134,7 @@ class GenerationResult(BaseModel):
     model: str
     timings: StageTimings
     peak_gpu_memory_bytes: int | None = Field(None, description="None on a CPU.")
+    parallelism: dict[str, int] | None = Field(None, description="How the replica split the video over its GPUs.")
 
 
 class JobTimings(StageTimings):
@@ -151,6 +152,11 @@ class VideoDetails(GenerationParameters):
         None, description="OpenAI-style `size`, `seconds`, `model` as sent, before mapping to the values above."
     )
     timings: JobTimings | None = None
+    parallelism: dict[str, int] | None = Field(
+        None,
+        description='How the generator replica split the video over its GPUs: `{"cfg": 2, "ulysses": 1}` is '
+        'guidance\'s two passes on two GPUs, `{"cfg": 1, "ulysses": 1}` one GPU. Set when the video is made.',
+    )
 
 
 class JobStatus(StrEnum):

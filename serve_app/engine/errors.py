@@ -14,3 +14,8 @@ class GenerationCancelled(Exception):
 class VideoTooLarge(Exception):
     """Raised by a generator replica, before any work, for a video its GPU memory cannot hold; the
     message says the largest it can make."""
+
+
+class RankDied(Exception):
+    """A rank of a gang (a replica of several GPUs) died or fell out of step: the job fails as
+    `replica_died`, and the replica must be replaced."""

@@ -16,7 +16,7 @@ from ray.serve.context import _get_internal_replica_context
 
 from serve_app.common.logs import use_serve_log_handlers
 from serve_app.config import AppArgs
-from serve_app.engine.errors import GenerationCancelled, VideoTooLarge
+from serve_app.engine.errors import GenerationCancelled, RankDied, VideoTooLarge
 from serve_app.engine.runner import Runner, make_runner
 from serve_app.error_codes import ErrorCode
 from serve_app.messages import GenerationFailure, GenerationRequest, GenerationResult, Progress, Started
@@ -87,6 +87,15 @@ class Generator:
             return work.result()
         except VideoTooLarge as exc:
             return GenerationFailure(code=ErrorCode.VIDEO_TOO_LARGE, message=str(exc))
+        except RankDied as exc:
+            # A gang cannot continue without all its ranks: fail health checks to be replaced whole.
+            self._broken = str(exc)
+            logger.error("gang broken: %s", exc)
+            return GenerationFailure(
+                code=ErrorCode.REPLICA_DIED,
+                message="A rank (one GPU's process) of the generator replica running this job stopped. "
+                "The job is not retried: submit it again.",
+            )
         except GenerationCancelled:
             # Nothing else cancels a generation whose caller still reads it: the deadline passed.
             logger.warning("generation stopped at its deadline of %g s", self._max_generation_s)
@@ -118,6 +127,9 @@ class Generator:
             raise RuntimeError(self._broken)
         if self.runner.on_gpu and not torch.cuda.is_available():
             raise RuntimeError("the replica's GPU is gone")
+        gang_check = getattr(self.runner, "check_health", None)  # a gang's: its other ranks answer
+        if gang_check is not None:
+            gang_check()
 
 
 def _worker_name() -> str | None:

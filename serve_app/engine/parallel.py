@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from diffusers import ContextParallelConfig, ParallelConfig, WanTransformer3DModel
 from diffusers.hooks import HookRegistry
+from torch._C._distributed_c10d import TCPStore  # torch.distributed re-exports it, untyped
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from serve_app.config import ModelSpec, ParallelDegrees
@@ -52,13 +53,16 @@ class Rank:
         return self.rank == 0
 
 
-def rendezvous(host: str, port: int, world: int, leader: bool) -> dist.TCPStore:
+def rendezvous(host: str, port: int, world: int, leader: bool) -> TCPStore:
     """The gang's meeting point: rank 0 holds it (`port` 0: any free one, read back as `.port`),
     the others connect to it."""
-    return dist.TCPStore(host, port, world, is_master=leader, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+    # The ranks join it in init_process_group (`join`): rank 0 must not wait for them here, before it starts them.
+    return TCPStore(
+        host, port, world, is_master=leader, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S), wait_for_workers=False
+    )
 
 
-def join(store: dist.TCPStore, rank: int, degrees: ParallelDegrees, device: torch.device) -> Rank:
+def join(store: TCPStore, rank: int, degrees: ParallelDegrees, device: torch.device) -> Rank:
     """Join the gang's process group (NCCL on GPUs, gloo on the CPU) and build its mesh; returns once
     every rank has joined."""
     if device.type == "cuda":
@@ -148,7 +152,8 @@ class RankRunner(PipelineRunner):
     def __init__(self, model: LoadedModel, spec: ModelSpec, rank: Rank) -> None:
         super().__init__(parallelize(model, rank), spec)
         self.rank = rank
-        self.description = {**self.description, "parallelism": rank.degrees.details}
+        self.parallelism = rank.degrees.details
+        self.description = {**self.description, "parallelism": self.parallelism}
 
     @torch.inference_mode()
     def follow(self, request: GenerationRequest) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
-from serve_app.config import ModelSpec
+from serve_app.config import ModelSpec, ParallelDegrees
 from serve_app.engine.errors import GenerationCancelled, VideoTooLarge
 from serve_app.engine.model import LoadedModel, decode_to_uint8
 from serve_app.engine.schedulers import make_scheduler
@@ -75,6 +75,7 @@ class PipelineRunner:
         self.name = self.spec.id
         self.on_gpu = model.device.type == "cuda"
         self.capacity = model.capacity
+        self.parallelism = ParallelDegrees().details  # one GPU; a gang's rank says its own (parallel.py)
         device = torch.cuda.get_device_name(model.device) if self.on_gpu else "cpu"
         self.description = {
             "model": self.spec.id,
@@ -122,7 +123,7 @@ class PipelineRunner:
         A video larger than this replica's memory allows raises VideoTooLarge before any work.
         """
         cancel = cancel or threading.Event()
-        self._check_fits(request)
+        self.check_fits(request)
         on_step_end = self.step_end(report, cancel)
         if self.on_gpu:
             torch.cuda.reset_peak_memory_stats(self.model.device)
@@ -156,6 +157,7 @@ class PipelineRunner:
             model=self.spec.id,
             timings=timings,
             peak_gpu_memory_bytes=torch.cuda.max_memory_allocated(self.model.device) if self.on_gpu else None,
+            parallelism=self.parallelism,
         )
 
     def step_end(self, report: Report, cancel: threading.Event) -> StepEnd:
@@ -175,7 +177,8 @@ class PipelineRunner:
         """Whether to stop at the end of this step (a gang's ranks decide together: `parallel.py`)."""
         return cancel.is_set()
 
-    def _check_fits(self, request: GenerationRequest) -> None:
+    def check_fits(self, request: GenerationRequest) -> None:
+        """VideoTooLarge if this replica's memory cannot hold the video."""
         if self.capacity is None:
             return
         size = (request.width, request.height, request.num_frames)

@@ -30,11 +30,15 @@ class Runner(Protocol):
 
 
 def make_runner(args: AppArgs, spec: ModelSpec) -> Runner:
-    """The runner of the served model `spec`."""
+    """The runner of the served model `spec`: with `gpus_per_replica` > 1, a gang's (`gang.py`)."""
     if spec.checkpoint == "simulated":
         from serve_app.engine.simulator import SimulatedRunner
 
         return SimulatedRunner(args.simulated_time_scale, spec.id)
+    if args.gpus_per_replica > 1:
+        from serve_app.engine.gang import GangRunner
+
+        return GangRunner(args, spec)
     from serve_app.engine.model import load_model, resolve_device
     from serve_app.engine.pipeline import PipelineRunner
 

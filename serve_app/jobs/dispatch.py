@@ -212,7 +212,7 @@ class Dispatcher:
             return
         started_at = running.started_at or time.time()
         timings = JobTimings(queued_s=round(started_at - running.queued_at, 3), **result.timings.model_dump())
-        details = stored.job.details.model_copy(update={"timings": timings})
+        details = stored.job.details.model_copy(update={"timings": timings, "parallelism": result.parallelism})
         await self.finish(job_id, JobStatus.COMPLETED, details=details, result=result)
 
     async def _failed(self, job_id: str, exc: Exception) -> None:

@@ -5,6 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from serve_app.config import AppArgs, ModelSpec, ParallelDegrees, Recipe
+from serve_app.deployments import GENERATOR, options
 
 GUIDED = ModelSpec(id="guided", checkpoint="tiny")
 UNGUIDED = ModelSpec(id="turbo", checkpoint="tiny", recipe=Recipe(guidance=False, default_guidance=1.0))
@@ -46,3 +47,17 @@ def test_a_bad_combination_is_refused_at_startup(args, message):
 
 def test_ring_is_allowed_on_a_gpu():
     assert AppArgs(gpus_per_replica=2, parallelism=ParallelDegrees(ring=2), device="cuda").parallelism.ring == 2
+
+
+@pytest.mark.parametrize(("device", "bundle"), [("cuda", {"GPU": 1, "CPU": 4}), ("cpu", {"CPU": 1})])
+def test_a_gang_reserves_a_bundle_a_rank_on_one_node_its_own_first(device, bundle):
+    generator = options(AppArgs(gpus_per_replica=4, device=device))[GENERATOR]
+    assert generator["placement_group_bundles"] == [bundle] * 4
+    assert generator["placement_group_strategy"] == "STRICT_PACK"
+    # Serve places the replica (rank 0) in the first bundle: its own options are one rank's.
+    actor = generator["ray_actor_options"]
+    assert {"GPU": actor.get("num_gpus", 0), "CPU": actor["num_cpus"]} == {"GPU": 0, **bundle}
+
+
+def test_a_one_gpu_replica_has_no_placement_group():
+    assert "placement_group_bundles" not in options(AppArgs(device="cuda"))[GENERATOR]
