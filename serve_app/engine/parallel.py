@@ -185,3 +185,38 @@ class RankRunner(PipelineRunner):
         flag = torch.tensor([int(cancel.is_set())], device=self.rank.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
+
+
+def bytes_per_step(
+    config: dict[str, Any], width: int, height: int, frames: int, degrees: ParallelDegrees
+) -> dict[str, int]:
+    """Bytes one rank sends per denoising step with guidance (two transformer passes), from the
+    shapes, in the transformer's bfloat16 (2 bytes a value):
+
+    - Ulysses (degree u, within each CFG half): each self-attention layer exchanges its query, key,
+      value and output by all-to-all; a rank holds tokens/u of each, width `heads x head_dim`, and
+      keeps 1/u of what it holds: 4 x layers x (tokens/u) x width x (u-1)/u values a pass (the
+      cross-attention's keys are the prompt's, whole on every rank: nothing exchanged). Its passes
+      a step: 2 with one CFG half (guidance batched or one after the other), 1 with CFG parallel.
+      `proj_out`'s gather of the output, patch-sized (latent channels x 4 a token), adds
+      (tokens/u) x that x (u-1) a pass.
+    - CFG parallel: each rank of the pair sends its noise prediction (the latents' size) once.
+
+    At 1280x704x121: 27,280 tokens (31 latent frames of 44x80, patches of 2x2), width 3072, 30
+    layers, latents 48x31x44x80 = 5,237,760 values. Ulysses 2 without CFG parallel:
+    2 passes x 4 x 30 x 13,640 x 3072 x 1/2 x 2 bytes = 10.06 GB, plus the gather's 2 x 13,640 x
+    192 x 2 = 10.5 MB; CFG parallel: 5,237,760 x 2 = 10.5 MB."""
+    latent_frames, latent_height, latent_width = (frames - 1) // 4 + 1, height // 16, width // 16  # the VAE's
+    tokens = latent_frames * (latent_height // 2) * (latent_width // 2)
+    latent_values = config["out_channels"] * latent_frames * latent_height * latent_width
+    hidden = config["num_attention_heads"] * config["attention_head_dim"]
+    ulysses, value_bytes = degrees.ulysses, 2
+    passes = 1 if degrees.cfg == 2 else 2
+    local = tokens // ulysses
+    attention = passes * 4 * config["num_layers"] * local * hidden * (ulysses - 1) // ulysses * value_bytes
+    patch = config["out_channels"] * 4  # values a token of proj_out's output (patches of 1x2x2)
+    return {
+        "ulysses_all_to_all": attention,
+        "ulysses_output_gather": passes * local * patch * (ulysses - 1) * value_bytes,
+        "cfg_all_gather": latent_values * value_bytes if degrees.cfg == 2 else 0,
+    }

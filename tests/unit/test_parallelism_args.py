@@ -61,3 +61,23 @@ def test_a_gang_reserves_a_bundle_a_rank_on_one_node_its_own_first(device, bundl
 
 def test_a_one_gpu_replica_has_no_placement_group():
     assert "placement_group_bundles" not in options(AppArgs(device="cuda"))[GENERATOR]
+
+
+@pytest.mark.parametrize(
+    ("degrees", "expected"),
+    [
+        # 2 passes x 4 exchanges x 30 layers x 13,640 tokens x 3072 x 1/2 kept elsewhere x 2 bytes.
+        (ParallelDegrees(ulysses=2), {"ulysses_all_to_all": 10_056_499_200, "ulysses_output_gather": 10_475_520,
+                                       "cfg_all_gather": 0}),
+        # Each rank's prediction, 48 x 31 x 44 x 80 values, once a step.
+        (ParallelDegrees(cfg=2), {"ulysses_all_to_all": 0, "ulysses_output_gather": 0, "cfg_all_gather": 10_475_520}),
+        # One pass a rank, the sequence in 4: 4 x 30 x 6,820 x 3072 x 3/4 x 2.
+        (ParallelDegrees(cfg=2, ulysses=4), {"ulysses_all_to_all": 3_771_187_200, "ulysses_output_gather": 7_856_640,
+                                              "cfg_all_gather": 10_475_520}),
+    ],
+)  # fmt: skip
+def test_the_bytes_a_rank_sends_per_step_at_1280x704x121(degrees, expected):
+    from serve_app.engine.full_size import TRANSFORMER_CONFIG
+    from serve_app.engine.parallel import bytes_per_step
+
+    assert bytes_per_step(TRANSFORMER_CONFIG, 1280, 704, 121, degrees) == expected
