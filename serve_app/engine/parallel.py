@@ -98,7 +98,9 @@ def parallelize(model: LoadedModel, rank: Rank) -> LoadedModel:
         registry.remove_hook(CFG_HOOK, recurse=False)  # the batch of two, if the plan had it
         guidance = CfgParallel(rank.mesh["cfg"].get_group())
         registry.register_hook(guidance, CFG_HOOK)
-    return dataclasses.replace(model, guidance=guidance, options={**model.options, "cfg_batch": False})
+    # Each rank makes one pass a step: the plan's memory for a batch of two is an upper bound of its own.
+    plan = model.plan.model_copy(update={"cfg_batch": False})
+    return dataclasses.replace(model, guidance=guidance, plan=plan, options={**model.options, "cfg_batch": False})
 
 
 def enable_context_parallel(transformer: WanTransformer3DModel, rank: Rank) -> None:

@@ -44,7 +44,7 @@ def denoise_on_rank(rank: int, ports: dict[str, int], cache: Path, out: "multipr
         with torch.inference_mode():
             prompts = runner.encode_prompts(REQUEST)
             latents = runner.denoise(REQUEST, prompts, runner.step_end(lambda _: None, threading.Event()))
-        out.put((name, rank, latents.clone()))
+        out.put((name, rank, latents.numpy()))  # pickled whole: a tensor's shared memory ends with this process
         parallel.leave()
 
 
@@ -66,7 +66,7 @@ def two_ranks(tiny_cache, one_process) -> dict[tuple[str, int], torch.Tensor]:
     results = {}
     for _ in range(len(SPLITS) * 2):
         name, rank, latents = out.get(timeout=240)
-        results[name, rank] = latents
+        results[name, rank] = torch.from_numpy(latents)
     for process in processes:
         process.join(30)
         assert process.exitcode == 0
