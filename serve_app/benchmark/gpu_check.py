@@ -7,7 +7,7 @@ measured; sections that would not fit the budget are recorded as skipped.
     bash benchmarks/gpu_check.sh        # there: installs them, runs this, JSON into benchmarks/results/
 
     python -m serve_app.benchmark.gpu_check --out DIR [--budget-s 330] [--size 1280x704x121] [--steps 3] \\
-        [--gpu-gib N] [--only SECTION]... [--skip SECTION]...
+        [--gpu-gib N] [--gpus N] [--only SECTION]... [--skip SECTION]...
     python -m serve_app.benchmark.gpu_check --model tiny --device cpu --size 64x64x25 --out DIR  (the CPU test)
 
 Sections, in order, so that one call of at most 6 minutes measures at least the first four: the
@@ -17,7 +17,7 @@ what the plan refuses or runs out of memory on); compilation, regional then full
 warm-up time, then the time a step); turbo (FastWan2.2's 3-step DMD recipe on the same weights:
 every stage, the decode's share); then guidance one pass at a time; each attention backend that
 runs here; fast mode (time a step, blocks skipped); VAE tiling off and on; the text encoder kept on
-the GPU or brought there per job. `--only SECTION` runs only the sections named, `--skip SECTION`
+the GPU or brought there per job; with `--gpus N`, a replica of N GPUs (`gang_check.py`). `--only SECTION` runs only the sections named, `--skip SECTION`
 all but those. Speed options are compared on the latents they make from the same seed (max
 absolute difference against the default's).
 
