@@ -17,9 +17,10 @@ what the plan refuses or runs out of memory on); compilation, regional then full
 warm-up time, then the time a step); turbo (FastWan2.2's 3-step DMD recipe on the same weights:
 every stage, the decode's share); then guidance one pass at a time; each attention backend that
 runs here; fast mode (time a step, blocks skipped); VAE tiling off and on; the text encoder kept on
-the GPU or brought there per job; with `--gpus N`, a replica of N GPUs (`gang_check.py`). `--only SECTION` runs only the sections named, `--skip SECTION`
-all but those. Speed options are compared on the latents they make from the same seed (max
-absolute difference against the default's).
+the GPU or brought there per job; with `--gpus N`, a replica of N GPUs (`gang_check.py`).
+`--only SECTION` runs only the sections named, `--skip SECTION` all but those. Speed options are
+compared on the latents they make from the same seed (max absolute difference against the
+default's).
 
 `--gpu-gib N` caps this process's GPU memory at N GiB (the CUDA allocator's per-process fraction)
 and plans for N GiB free, as a replica on a smaller card would: one large GPU measures the plan,
