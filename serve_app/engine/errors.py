@@ -19,3 +19,8 @@ class VideoTooLarge(Exception):
 class RankDied(Exception):
     """A rank of a gang (a replica of several GPUs) died or fell out of step: the job fails as
     `replica_died`, and the replica must be replaced."""
+
+
+class VideoNotSplittable(Exception):
+    """Raised by a gang, before any work, for a video whose sequence its context-parallel ranks
+    cannot share evenly; the message says what to change."""

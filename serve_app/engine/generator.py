@@ -16,7 +16,7 @@ from ray.serve.context import _get_internal_replica_context
 
 from serve_app.common.logs import use_serve_log_handlers
 from serve_app.config import AppArgs
-from serve_app.engine.errors import GenerationCancelled, RankDied, VideoTooLarge
+from serve_app.engine.errors import GenerationCancelled, RankDied, VideoNotSplittable, VideoTooLarge
 from serve_app.engine.runner import Runner, make_runner
 from serve_app.error_codes import ErrorCode
 from serve_app.messages import GenerationFailure, GenerationRequest, GenerationResult, Progress, Started
@@ -87,6 +87,8 @@ class Generator:
             return work.result()
         except VideoTooLarge as exc:
             return GenerationFailure(code=ErrorCode.VIDEO_TOO_LARGE, message=str(exc))
+        except VideoNotSplittable as exc:
+            return GenerationFailure(code=ErrorCode.INVALID_REQUEST, message=str(exc))
         except RankDied as exc:
             # A gang cannot continue without all its ranks: fail health checks to be replaced whole.
             self._broken = str(exc)

@@ -26,7 +26,7 @@ from torch._C._distributed_c10d import TCPStore  # torch.distributed re-exports 
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from serve_app.config import ModelSpec, ParallelDegrees
-from serve_app.engine.errors import GenerationCancelled
+from serve_app.engine.errors import GenerationCancelled, VideoNotSplittable
 from serve_app.engine.model import LoadedModel
 from serve_app.engine.pipeline import MAX_SEQUENCE_LENGTH, PipelineRunner, Prompts
 from serve_app.engine.speedups import CFG_HOOK, BatchedGuidance, beneath_offload_hook
@@ -156,6 +156,23 @@ class RankRunner(PipelineRunner):
         self.rank = rank
         self.parallelism = rank.degrees.details
         self.description = {**self.description, "parallelism": self.parallelism}
+
+    def check_fits(self, request: GenerationRequest) -> None:
+        """Also VideoNotSplittable if the sequence does not divide by the context-parallel degree:
+        diffusers splits it in equal parts (its uneven `ulysses_anything` needs uneven all-gathers,
+        which gloo lacks)."""
+        super().check_fits(request)
+        ranks = self.rank.degrees.ulysses * self.rank.degrees.ring
+        pipe, (_, patch_height, patch_width) = self.model.t2v, self.model.t2v.transformer.config.patch_size
+        frames = (request.num_frames - 1) // pipe.vae_scale_factor_temporal + 1
+        spatial = pipe.vae_scale_factor_spatial
+        tokens = frames * (request.height // spatial // patch_height) * (request.width // spatial // patch_width)
+        if tokens % ranks:
+            raise VideoNotSplittable(
+                f"This server splits each video over {ranks} GPUs, which needs its {tokens} tokens ((frames - 1) / 4 "
+                f"+ 1 = {frames}, times height / 32, times width / 32) to be a multiple of {ranks}. Change the "
+                "number of frames, the width or the height by a step."
+            )
 
     @torch.inference_mode()
     def follow(self, request: GenerationRequest) -> None:

@@ -95,6 +95,16 @@ def test_each_gang_holds_its_ranks_on_one_node(gang):
         assert ray.get(ray.get_actor(*rank).node.remote()) in nodes
 
 
+def test_a_video_whose_sequence_the_ranks_cannot_share_evenly_is_refused_before_any_work(gang):
+    # tiny-turbo's gang splits the sequence in two: 96x96x25 is 7 x 3 x 3 = 63 tokens.
+    body = {**CASES["tiny-turbo"][1], "width": 96, "height": 96}
+    refused = wait_for(gang.client, submit(gang.client, **body)["id"])
+    assert refused["status"] == "failed" and refused["error"]["code"] == "invalid_request", refused
+    assert "63 tokens" in refused["error"]["message"] and "multiple of 2" in refused["error"]["message"]
+    # The ranks stayed in step: the gang makes the next video.
+    assert video(gang.client, CASES["tiny-turbo"][1])[0]["status"] == "completed"
+
+
 def test_a_cancel_stops_every_rank_at_the_same_step(gang):
     http = gang.client
     job = wait_for(http, submit(http, **SLOW)["id"], until=lambda j: j["progress"] > 0)
