@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.media import png_bytes
 from support.service import SMALL
 
 from serve_app.benchmark.local_cluster import LOOPBACK, free_port
@@ -29,6 +30,8 @@ REQUEST = GenerationRequest(
     prompt="a lantern", negative_prompt=DEFAULT_NEGATIVE_PROMPT, guidance_scale=5.0, fps=24, seed=7, model="tiny",
     shift=3.0, **SMALL,
 )  # fmt: skip
+# Text to video, and text and image (the first frame given): both pipelines share the transformer.
+REQUESTS = {"t2v": REQUEST, "ti2v": REQUEST.model_copy(update={"image_png": png_bytes((64, 64))})}
 SPLITS = {"ulysses": ParallelDegrees(ulysses=2), "cfg": ParallelDegrees(cfg=2)}
 TOLERANCE = 1e-5
 
@@ -42,18 +45,19 @@ def denoise_on_rank(rank: int, ports: dict[str, int], cache: Path, out: "multipr
         joined = parallel.join(store, rank, degrees, torch.device("cpu"))
         model = load_model("tiny", torch.device("cpu"), cache, PipelineOptions())
         runner = parallel.RankRunner(model, ModelSpec(id="tiny", checkpoint="tiny"), joined)
-        with torch.inference_mode():
-            prompts = runner.encode_prompts(REQUEST)
-            latents = runner.denoise(REQUEST, prompts, runner.step_end(lambda _: None, threading.Event()))
-        out.put((name, rank, latents.numpy()))  # pickled whole: a tensor's shared memory ends with this process
+        for mode, request in REQUESTS.items():
+            with torch.inference_mode():
+                prompts = runner.encode_prompts(request)
+                latents = runner.denoise(request, prompts, runner.step_end(lambda _: None, threading.Event()))
+            out.put((name, mode, rank, latents.numpy()))  # pickled whole: shared memory would end with this process
         parallel.leave()
 
 
 @pytest.fixture(scope="module")
-def one_process(tiny_cache) -> torch.Tensor:
+def one_process(tiny_cache) -> dict[str, torch.Tensor]:
     runner = PipelineRunner(load_model("tiny", torch.device("cpu"), tiny_cache, PipelineOptions()))
     with torch.inference_mode():
-        return runner.denoise(REQUEST, runner.encode_prompts(REQUEST))
+        return {mode: runner.denoise(request, runner.encode_prompts(request)) for mode, request in REQUESTS.items()}
 
 
 @pytest.fixture(scope="module")
@@ -65,21 +69,22 @@ def two_ranks(tiny_cache, one_process) -> dict[tuple[str, int], torch.Tensor]:
     for process in processes:
         process.start()
     results = {}
-    for _ in range(len(SPLITS) * 2):
-        name, rank, latents = out.get(timeout=240)
-        results[name, rank] = torch.from_numpy(latents)
+    for _ in range(len(SPLITS) * len(REQUESTS) * 2):
+        name, mode, rank, latents = out.get(timeout=240)
+        results[name, mode, rank] = torch.from_numpy(latents)
     for process in processes:
         process.join(30)
         assert process.exitcode == 0
     return results
 
 
+@pytest.mark.parametrize("mode", REQUESTS)
 @pytest.mark.parametrize("split", SPLITS)
-def test_two_ranks_denoise_to_the_latents_of_one_process(split, one_process, two_ranks):
+def test_two_ranks_denoise_to_the_latents_of_one_process(split, mode, one_process, two_ranks):
+    expected = one_process[mode]
     for rank in (0, 1):
-        latents = two_ranks[split, rank]
-        assert latents.shape == one_process.shape
-        scale = one_process.abs().max()
-        assert (latents - one_process).abs().max() <= TOLERANCE * scale, (split, rank)
+        latents = two_ranks[split, mode, rank]
+        assert latents.shape == expected.shape
+        assert (latents - expected).abs().max() <= TOLERANCE * expected.abs().max(), (split, rank)
     # Both ranks hold the very same latents: they stay in step with nothing exchanged but predictions.
-    assert torch.equal(two_ranks[split, 0], two_ranks[split, 1])
+    assert torch.equal(two_ranks[split, mode, 0], two_ranks[split, mode, 1])
