@@ -31,6 +31,36 @@ TINY_STYLE = "tiny-style"
 # A hub id as a LoRA path: `owner/repo`, or `owner/repo/file.safetensors`.
 HUB_LORA_PATTERN = r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}(/[\w./-]{1,200}\.safetensors)?"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
+GpusPerReplica = Literal[1, 2, 4, 8]
+# Wan2.2 TI2V-5B's attention heads: Ulysses gives each rank a whole number of them.
+ATTENTION_HEADS = 24
+
+
+class ParallelDegrees(BaseModel):
+    """How a gang's ranks share one video: `cfg` ranks split guidance's two passes, and within each
+    of those, `ulysses` x `ring` ranks split the transformer's sequence (context parallelism)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cfg: Literal[1, 2] = 1
+    ulysses: int = Field(1, ge=1, le=8)
+    ring: int = Field(1, ge=1, le=8)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ParallelDegrees":
+        if ATTENTION_HEADS % self.ulysses:
+            raise ValueError(f"ulysses must divide the model's {ATTENTION_HEADS} attention heads")
+        return self
+
+    @property
+    def world(self) -> int:
+        """The ranks of the gang."""
+        return self.cfg * self.ulysses * self.ring
+
+    @property
+    def details(self) -> dict[str, int]:
+        """As a job's details name it; `ring` only where used."""
+        return {"cfg": self.cfg, "ulysses": self.ulysses, **({"ring": self.ring} if self.ring > 1 else {})}
 
 
 @dataclass(frozen=True)
@@ -391,6 +421,42 @@ class AppArgs(BaseModel):
         description="With `compile`: the highest rank of an adapter (higher ones are refused). A compiled replica "
         "holds `max_loras_per_replica` slots of this rank, into which adapters are swapped without recompiling.",
     )
+
+    gpus_per_replica: GpusPerReplica = Field(
+        1,
+        description="GPUs of one Generator replica, all on one node, making one video at a time together (a "
+        "gang of ranks: lower latency, not more throughput). With `device: cpu`, that many CPU processes (gloo).",
+    )
+    parallelism: Literal["auto"] | ParallelDegrees = Field(
+        "auto",
+        description="How a replica of several GPUs splits a video: `auto` puts CFG parallel (2) first when the "
+        "model uses guidance, then Ulysses over the rest; or explicit degrees `{cfg, ulysses, ring}` whose "
+        "product is gpus_per_replica (`ring` needs an attention backend that returns the log-sum-exp: GPU only).",
+    )
+
+    @model_validator(mode="after")
+    def _parallelism_fits(self) -> "AppArgs":
+        if self.parallelism == "auto":
+            return self
+        if self.parallelism.world != self.gpus_per_replica:
+            raise ValueError(
+                f"parallelism {self.parallelism.details} makes {self.parallelism.world} ranks; "
+                f"gpus_per_replica is {self.gpus_per_replica}"
+            )
+        if self.parallelism.ring > 1 and self.device == "cpu":
+            raise ValueError(
+                "parallelism: ring attention needs an attention backend that returns the log-sum-exp (flash, "
+                "cuDNN), which the CPU lacks; use ulysses (or cfg) with device: cpu"
+            )
+        return self
+
+    def degrees(self, spec: ModelSpec) -> ParallelDegrees:
+        """The parallelism of `spec`'s replicas: `auto` gives guidance's two passes to two ranks when
+        the model guides (the better first split for Wan), and the sequence to the rest (Ulysses)."""
+        if self.parallelism != "auto":
+            return self.parallelism
+        cfg: Literal[1, 2] = 2 if spec.recipe.guidance and self.gpus_per_replica > 1 else 1
+        return ParallelDegrees(cfg=cfg, ulysses=self.gpus_per_replica // cfg)
 
     @model_validator(mode="after")
     def _silence_outlasts_heartbeats(self) -> "AppArgs":

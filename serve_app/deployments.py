@@ -17,7 +17,8 @@ APP = "wan"  # the application's name in both Serve configs
 INGRESS = "Ingress"
 JOBS = "Jobs"
 GENERATOR = "Generator"  # the default model's; another served model's is `generator_name(id)`
-# A job fills a GPU: one GPU a replica, one generation at a time, no batching.
+# A job fills a GPU: one GPU a replica (a rank, with gpus_per_replica > 1), one generation at a
+# time, no batching.
 GPUS_PER_GENERATOR = 1
 
 
@@ -36,11 +37,13 @@ def options(args: AppArgs) -> dict[str, dict[str, Any]]:
     """Each deployment's options in code (`serve.deployment` keywords), by name: one Generator
     deployment per served model, all with the same options."""
     on_gpu = args.device != "cpu"
+    # On a GPU, CPUs for the text encoder's tokenizer, decoding and MP4 encoding.
+    rank: dict[str, float] = {"num_gpus": GPUS_PER_GENERATOR, "num_cpus": 4} if on_gpu else {"num_cpus": 1}
     generator = {
         "max_ongoing_requests": 1,
-        # On a GPU, CPUs for the text encoder's tokenizer, decoding and MP4 encoding.
-        "ray_actor_options": {"num_gpus": GPUS_PER_GENERATOR, "num_cpus": 4} if on_gpu else {"num_cpus": 1},
+        "ray_actor_options": rank,
         "max_constructor_retry_count": args.max_constructor_retries,
+        **gang_placement(args.gpus_per_replica, rank),
     }
     return {
         INGRESS: {},
@@ -54,6 +57,24 @@ def options(args: AppArgs) -> dict[str, dict[str, Any]]:
         },
         **{name: dict(generator) for name in generator_names(args).values()},
     }
+
+
+def gang_placement(ranks: int, rank: dict[str, float]) -> dict[str, Any]:
+    """A replica of several ranks (`gpus_per_replica`) reserves them all on one node: one bundle a
+    rank, the first the replica's own (rank 0), where it starts the others (engine/gang.py)."""
+    if ranks == 1:
+        return {}
+    bundle = {"GPU": rank.get("num_gpus", 0), "CPU": rank.get("num_cpus", 0)}
+    return {
+        "placement_group_bundles": [{name: amount for name, amount in bundle.items() if amount}] * ranks,
+        "placement_group_strategy": "STRICT_PACK",
+    }
+
+
+def gang_rank_prefix(app: str, deployment: str) -> str:
+    """The names of a replica's other ranks start so (then its id, then `#rank`), as its own
+    actor's name does with SERVE_REPLICA (for operators and tests to find them)."""
+    return f"SERVE_GANG_RANK::{app}#{deployment}#"
 
 
 def replica_states(app_name: str, deployment: str) -> dict[str, int]:

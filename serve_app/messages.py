@@ -177,6 +177,7 @@ class GenerationResult(BaseModel):
     timings: StageTimings
     peak_gpu_memory_bytes: int | None = Field(None, description="None on a CPU.")
     loras: list[AppliedLora] = Field(default_factory=list)
+    parallelism: dict[str, int] | None = Field(None, description="How the replica split the video over its GPUs.")
 
 
 class JobTimings(StageTimings):
@@ -195,6 +196,11 @@ class VideoDetails(GenerationParameters):
     )
     timings: JobTimings | None = None
     loras: list[AppliedLora] = Field(default_factory=list, description="The adapters applied, with their SHA-256.")
+    parallelism: dict[str, int] | None = Field(
+        None,
+        description='How the generator replica split the video over its GPUs: `{"cfg": 2, "ulysses": 1}` is '
+        'guidance\'s two passes on two GPUs, `{"cfg": 1, "ulysses": 1}` one GPU. Set when the video is made.',
+    )
 
 
 class JobStatus(StrEnum):

@@ -7,7 +7,7 @@ measured; sections that would not fit the budget are recorded as skipped.
     bash benchmarks/gpu_check.sh        # there: installs them, runs this, JSON into benchmarks/results/
 
     python -m serve_app.benchmark.gpu_check --out DIR [--budget-s 330] [--size 1280x704x121] [--steps 3] \\
-        [--gpu-gib N] [--only SECTION]... [--skip SECTION]...
+        [--gpu-gib N] [--gpus N] [--only SECTION]... [--skip SECTION]...
     python -m serve_app.benchmark.gpu_check --model tiny --device cpu --size 64x64x25 --out DIR  (the CPU test)
 
 Sections, in order, so that one call of at most 6 minutes measures at least the first four: the
@@ -17,9 +17,10 @@ what the plan refuses or runs out of memory on); compilation, regional then full
 warm-up time, then the time a step); turbo (FastWan2.2's 3-step DMD recipe on the same weights:
 every stage, the decode's share); then guidance one pass at a time; each attention backend that
 runs here; fast mode (time a step, blocks skipped); VAE tiling off and on; the text encoder kept on
-the GPU or brought there per job. `--only SECTION` runs only the sections named, `--skip SECTION`
-all but those. Speed options are compared on the latents they make from the same seed (max
-absolute difference against the default's).
+the GPU or brought there per job; with `--gpus N`, a replica of N GPUs (`gang_check.py`).
+`--only SECTION` runs only the sections named, `--skip SECTION` all but those. Speed options are
+compared on the latents they make from the same seed (max absolute difference against the
+default's).
 
 `--gpu-gib N` caps this process's GPU memory at N GiB (the CUDA allocator's per-process fraction)
 and plans for N GiB free, as a replica on a smaller card would: one large GPU measures the plan,
@@ -42,6 +43,7 @@ from typing import Any
 import torch
 import yaml
 
+from serve_app.benchmark import gang_check
 from serve_app.benchmark.measure import (
     BENCHMARK_CACHE,
     RANDOM_WEIGHTS,
@@ -57,7 +59,7 @@ from serve_app.benchmark.measure import (
 )
 from serve_app.benchmark.results import ROOT
 from serve_app.capacity import GiB
-from serve_app.config import AppArgs, CompileMode, ModelSpec
+from serve_app.config import AppArgs, CompileMode, ModelSpec, ParallelDegrees
 from serve_app.engine.errors import VideoTooLarge
 from serve_app.engine.model import (
     LoadedModel,
@@ -66,6 +68,7 @@ from serve_app.engine.model import (
     resolve_device,
     use_expandable_segments,
 )
+from serve_app.engine.parallel import bytes_per_step
 from serve_app.engine.pipeline import PipelineRunner
 from serve_app.engine.speedups import remove_speedups, set_first_working_backend, set_vae_tiling
 
@@ -74,7 +77,7 @@ MEMORY_SIZES = ((640, 352, 49), (960, 544, 81), (1280, 704, 121))
 FAST_STEPS = 8  # fast mode skips only once consecutive steps are alike
 SECTIONS = (
     "default", "memory_model", "compile_regional", "compile_full", "turbo", "cfg_batch_off", "attention_backends",
-    "fast_mode", "vae_tiling", "text_encoder",
+    "fast_mode", "vae_tiling", "text_encoder", "gang_auto", "gang_ulysses",
 )  # fmt: skip
 
 
@@ -103,6 +106,10 @@ class Check:
                 self.figures[name] = {**run(), "section_s": round(time.monotonic() - started, 1)}
             except Exception as exc:  # a failing option must not cost the others their figures
                 self.figures[name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
+        self.path.write_text(json.dumps(self.figures, indent=2))
+
+    def skipped(self, name: str, reason: str) -> None:
+        self.figures[name] = {"skipped": reason}
         self.path.write_text(json.dumps(self.figures, indent=2))
 
 
@@ -294,6 +301,21 @@ def run_check(opts: argparse.Namespace) -> Path:
             }
         return figures
 
+    def gang(degrees: ParallelDegrees) -> Callable[[], dict[str, Any]]:
+        def run() -> dict[str, Any]:
+            measured = gang_check.measure(opts.model, opts.device, opts.size, opts.steps, degrees)
+            one_gpu_step_s = check.figures["default"].get("step_s")
+            return {
+                "parallelism": degrees.details,
+                "step_s": round(measured["step_s"], 4),
+                "speedup": one_gpu_step_s and round(one_gpu_step_s / measured["step_s"], 2),
+                "plan_per_rank": measured["plan"],
+                "bytes_per_step_per_rank": bytes_per_step(model.t2v.transformer.config, width, height, frames, degrees),
+                **_difference(measured["latents"], reference),
+            }
+
+        return run
+
     def prepared(mode: CompileMode) -> LoadedModel:
         """The same weights, prepared again as a replica with `compile: mode` and this plan would be."""
         remove_speedups(model.t2v.transformer)
@@ -333,6 +355,12 @@ def run_check(opts: argparse.Namespace) -> Path:
     check.section("fast_mode", 3 * estimate * FAST_STEPS, fast_mode)
     check.section("vae_tiling", 60, vae_tiling)
     check.section("text_encoder", 10, text_encoder)
+    for name, degrees in gang_check.splits(opts.gpus).items():
+        if opts.gpus == 1:
+            check.skipped(name, "one GPU: --gpus N measures a replica of N")
+        else:
+            estimate_s = check.figures["load_s"] + 2 * opts.steps * opts.step_estimate_s
+            check.section(name, estimate_s, gang(degrees))
     return path
 
 
@@ -387,6 +415,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip", action="append", default=[], choices=SECTIONS, help="a section not to run")
     parser.add_argument("--only", action="append", default=[], choices=SECTIONS, help="run only the sections named")
     parser.add_argument("--gpu-gib", type=float, help="cap the GPU memory at N GiB: stand for a smaller card")
+    parser.add_argument(
+        "--gpus", type=int, default=1, choices=(1, 2, 4, 8), help="also measure a replica of N GPUs (gang_* sections)"
+    )
     opts = parser.parse_args(argv)
     # Before anything touches the GPU: the allocator reads it once.
     use_expandable_segments()

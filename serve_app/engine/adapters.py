@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from serve_app.common.outbound import OutboundPolicy
+from serve_app.config import AppArgs
 from serve_app.engine.errors import LoraRefused
-from serve_app.engine.lora_files import LoraFile, LoraFiles
+from serve_app.engine.lora_files import LoraFile, LoraFiles, LoraPolicy
 from serve_app.messages import AppliedLora, LoraChoice
 
 if TYPE_CHECKING:
@@ -30,6 +32,20 @@ PREFIX = "transformer."
 MAX_REFUSALS = 10_000
 # PEFT's own `save_pretrained` names a layer `base_model.model.<layer>`.
 _PEFT_PREFIX = "base_model.model."
+
+
+def lora_adapters(
+    args: AppArgs, pipe: "WanPipeline", slots: tuple[str, ...], events: "AdapterEvents | None"
+) -> "Adapters":
+    """The LoRA adapters of `pipe`'s transformer (`slots`: a compiled one's hot-swap slots), fetched
+    as the arguments allow (a gang's ranks each have their own; only rank 0 reports to `events`)."""
+    policy = LoraPolicy(
+        max_bytes=int(args.max_lora_mb * 2**20),
+        cache_bytes=int(args.lora_cache_gb * 2**30),
+        fetch_timeout_s=args.lora_fetch_timeout_s,
+    )
+    files = LoraFiles(args.cache_dir, policy, OutboundPolicy(tuple(args.url_allowlist), tuple(args.url_ports)))
+    return Adapters(pipe, files, args.max_loras_per_replica, events, slots)
 
 
 class AdapterEvents(Protocol):

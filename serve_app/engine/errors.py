@@ -27,3 +27,13 @@ class LoraRefused(Exception):
         self.reason = reason
         self.message = f"{param}: {reason}"
         self.permanent = permanent  # of the file itself, so worth remembering (not a failed download)
+
+
+class RankDied(Exception):
+    """A rank of a gang (a replica of several GPUs) died or fell out of step: the job fails as
+    `replica_died`, and the replica must be replaced."""
+
+
+class VideoNotSplittable(Exception):
+    """Raised by a gang, before any work, for a video whose sequence its context-parallel ranks
+    cannot share evenly; the message says what to change."""

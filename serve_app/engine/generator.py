@@ -17,7 +17,7 @@ from ray.serve.context import _get_internal_replica_context
 
 from serve_app.common.logs import use_serve_log_handlers
 from serve_app.config import AppArgs
-from serve_app.engine.errors import GenerationCancelled, LoraRefused, VideoTooLarge
+from serve_app.engine.errors import GenerationCancelled, LoraRefused, RankDied, VideoNotSplittable, VideoTooLarge
 from serve_app.engine.runner import Runner, make_runner
 from serve_app.error_codes import ErrorCode
 from serve_app.messages import GenerationFailure, GenerationRequest, GenerationResult, Progress, Started
@@ -100,6 +100,17 @@ class Generator:
         except LoraRefused as exc:
             logger.info("adapter refused: %s", exc.message)
             return GenerationFailure(code=ErrorCode.INVALID_REQUEST, message=exc.message, param=exc.param)
+        except VideoNotSplittable as exc:
+            return GenerationFailure(code=ErrorCode.INVALID_REQUEST, message=str(exc))
+        except RankDied as exc:
+            # A gang cannot continue without all its ranks: fail health checks to be replaced whole.
+            self._broken = str(exc)
+            logger.error("gang broken: %s", exc)
+            return GenerationFailure(
+                code=ErrorCode.REPLICA_DIED,
+                message="A rank (one GPU's process) of the generator replica running this job stopped. "
+                "The job is not retried: submit it again.",
+            )
         except GenerationCancelled:
             # Nothing else cancels a generation whose caller still reads it: the deadline passed.
             logger.warning("generation stopped at its deadline of %g s", self._max_generation_s)
@@ -131,6 +142,9 @@ class Generator:
             raise RuntimeError(self._broken)
         if self.runner.on_gpu and not torch.cuda.is_available():
             raise RuntimeError("the replica's GPU is gone")
+        gang_check = getattr(self.runner, "check_health", None)  # a gang's: its other ranks answer
+        if gang_check is not None:
+            gang_check()
 
 
 def _adapter_set_keeper() -> Callable[[str], Awaitable[str]]:

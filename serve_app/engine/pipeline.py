@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
-from serve_app.config import ModelSpec
+from serve_app.config import ModelSpec, ParallelDegrees
 from serve_app.engine.adapters import Adapters
 from serve_app.engine.errors import GenerationCancelled, LoraRefused, VideoTooLarge
 from serve_app.engine.model import LoadedModel, decode_to_uint8
@@ -78,6 +78,7 @@ class PipelineRunner:
         self.name = self.spec.id
         self.on_gpu = model.device.type == "cuda"
         self.capacity = model.capacity
+        self.parallelism = ParallelDegrees().details  # one GPU; a gang's rank says its own (parallel.py)
         device = torch.cuda.get_device_name(model.device) if self.on_gpu else "cpu"
         self.description = {
             "model": self.spec.id,
@@ -125,16 +126,8 @@ class PipelineRunner:
         A video larger than this replica's memory allows raises VideoTooLarge before any work.
         """
         cancel = cancel or threading.Event()
-        self._check_fits(request)
-
-        def on_step_end(
-            pipe: "WanPipeline", step: int, timestep: torch.Tensor, callback_kwargs: dict[str, torch.Tensor]
-        ) -> dict[str, torch.Tensor]:
-            if cancel.is_set():
-                raise GenerationCancelled
-            report(Progress(step=step + 1, total=pipe.num_timesteps))
-            return callback_kwargs
-
+        self.check_fits(request)
+        on_step_end = self.step_end(report, cancel)
         if self.on_gpu:
             torch.cuda.reset_peak_memory_stats(self.model.device)
         with torch.inference_mode(False):  # PEFT makes the adapters' layers: trainable parameters
@@ -171,6 +164,7 @@ class PipelineRunner:
             timings=timings,
             peak_gpu_memory_bytes=torch.cuda.max_memory_allocated(self.model.device) if self.on_gpu else None,
             loras=loras,
+            parallelism=self.parallelism,
         )
 
     def _activate_adapters(self, request: GenerationRequest) -> tuple[list[AppliedLora], float]:
@@ -180,7 +174,25 @@ class PipelineRunner:
             raise LoraRefused("loras[0].path", "this model's replicas apply no LoRA adapters.")
         return [], 0.0
 
-    def _check_fits(self, request: GenerationRequest) -> None:
+    def step_end(self, report: Report, cancel: threading.Event) -> StepEnd:
+        """The step callback: stop if cancelled (`stop_now`), else report the step."""
+
+        def on_step_end(
+            pipe: "WanPipeline", step: int, timestep: torch.Tensor, callback_kwargs: dict[str, torch.Tensor]
+        ) -> dict[str, torch.Tensor]:
+            if self.stop_now(cancel):
+                raise GenerationCancelled
+            report(Progress(step=step + 1, total=pipe.num_timesteps))
+            return callback_kwargs
+
+        return on_step_end
+
+    def stop_now(self, cancel: threading.Event) -> bool:
+        """Whether to stop at the end of this step (a gang's ranks decide together: `parallel.py`)."""
+        return cancel.is_set()
+
+    def check_fits(self, request: GenerationRequest) -> None:
+        """VideoTooLarge if this replica's memory cannot hold the video."""
         if self.capacity is None:
             return
         size = (request.width, request.height, request.num_frames)

@@ -30,25 +30,21 @@ class Runner(Protocol):
 
 
 def make_runner(args: AppArgs, spec: ModelSpec) -> Runner:
-    """The runner of the served model `spec`."""
+    """The runner of the served model `spec`: with `gpus_per_replica` > 1, a gang's (`gang.py`)."""
     if spec.checkpoint == "simulated":
         from serve_app.engine.simulator import SimulatedRunner
 
         return SimulatedRunner(args.simulated_time_scale, spec.id)
+    if args.gpus_per_replica > 1:
+        from serve_app.engine.gang import GangRunner
+
+        return GangRunner(args, spec)
     from serve_app.common.metrics import AdapterMetrics
-    from serve_app.common.outbound import OutboundPolicy
-    from serve_app.engine.adapters import Adapters
-    from serve_app.engine.lora_files import LoraFiles, LoraPolicy
+    from serve_app.engine.adapters import lora_adapters
     from serve_app.engine.model import load_model, resolve_device
     from serve_app.engine.pipeline import PipelineRunner
 
     device = resolve_device(args.device)
     model = load_model(spec.checkpoint, device, args.cache_dir, args.pipeline_options, spec.revision)
-    policy = LoraPolicy(
-        max_bytes=int(args.max_lora_mb * 2**20),
-        cache_bytes=int(args.lora_cache_gb * 2**30),
-        fetch_timeout_s=args.lora_fetch_timeout_s,
-    )
-    files = LoraFiles(args.cache_dir, policy, OutboundPolicy(tuple(args.url_allowlist), tuple(args.url_ports)))
-    adapters = Adapters(model.t2v, files, args.max_loras_per_replica, AdapterMetrics(spec.id), model.lora_slots)
-    return PipelineRunner(model, spec, adapters)
+    return PipelineRunner(model, spec, lora_adapters(args, model.t2v, model.lora_slots, AdapterMetrics(spec.id)))
+

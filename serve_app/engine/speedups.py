@@ -156,9 +156,18 @@ class BatchedGuidance(ModelHook):  # type: ignore[misc]  # ModelHook is Any: myp
             return (output,)
         if text is self.negative:
             raise RuntimeError("batched guidance: an unconditional call came without its conditional one")
+        conditional, unconditional = self.both_passes(hidden_states, kwargs, self.negative)
+        self._pending = (hidden_states, unconditional)
+        return (conditional,)
+
+    def both_passes(
+        self, hidden_states: torch.Tensor, kwargs: dict[str, Any], negative: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conditional and the unconditional noise predictions of one step: here one batch of two
+        (CFG parallel computes them on two ranks instead)."""
         batched = {
             **kwargs,
-            "encoder_hidden_states": torch.cat([text, self.negative]),
+            "encoder_hidden_states": torch.cat([kwargs["encoder_hidden_states"], negative]),
             "timestep": torch.cat([kwargs["timestep"]] * 2),
             "return_dict": False,
         }
@@ -167,8 +176,7 @@ class BatchedGuidance(ModelHook):  # type: ignore[misc]  # ModelHook is Any: myp
         conditional, unconditional = self.fn_ref.original_forward(
             hidden_states=torch.cat([hidden_states] * 2), **batched
         )[0].chunk(2)
-        self._pending = (hidden_states, unconditional)
-        return (conditional,)
+        return conditional, unconditional
 
     @contextmanager
     def guiding(self, negative: torch.Tensor | None) -> Iterator[None]:

@@ -261,7 +261,8 @@ class Dispatcher:
         timings = JobTimings(queued_s=round(started_at - running.queued_at, 3), **result.timings.model_dump())
         # The adapters' SHA-256 as the replica read them (a simulated one reads none).
         loras = result.loras or stored.job.details.loras
-        details = stored.job.details.model_copy(update={"timings": timings, "loras": loras})
+        update = {"timings": timings, "loras": loras, "parallelism": result.parallelism}
+        details = stored.job.details.model_copy(update=update)
         await self.finish(job_id, JobStatus.COMPLETED, details=details, result=result)
 
     async def _failed(self, job_id: str, exc: Exception) -> None:

@@ -12,7 +12,7 @@ import torch
 from support.service import SMALL
 
 from serve_app.config import AppArgs
-from serve_app.engine.errors import GenerationCancelled, LoraRefused
+from serve_app.engine.errors import GenerationCancelled, LoraRefused, RankDied
 from serve_app.engine.generator import Generator
 from serve_app.messages import (
     DEFAULT_NEGATIVE_PROMPT,
@@ -108,6 +108,16 @@ def test_another_error_fails_the_job_but_not_the_replica():
     with pytest.raises(RuntimeError, match="a bug"):
         outcome(generator)
     generator.check_health()
+
+
+def test_a_dead_rank_of_a_gang_fails_the_job_as_replica_died_and_the_health_check():
+    # What engine/gang.py raises when another rank died mid-job (tested for real in test_gang.py).
+    died = RankDied("a rank of the gang died: the actor is dead")
+    generator = Generator(AppArgs(model="simulated"), runner=FakeRunner(raising(died)))
+    failure = outcome(generator)
+    assert failure.code == "replica_died" and "submit it again" in failure.message
+    with pytest.raises(RuntimeError, match="a rank of the gang died"):
+        generator.check_health()
 
 
 def test_a_lost_gpu_makes_the_health_check_fail(monkeypatch):

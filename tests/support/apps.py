@@ -16,7 +16,7 @@ import yaml
 from ray import serve
 
 from serve_app.benchmark.local_cluster import deploy_config, wait_running
-from serve_app.deployments import GENERATOR
+from serve_app.deployments import GENERATOR, gang_rank_prefix
 from support.service import ROOT, TEST_ARGS
 
 # The simulator's factor on the L40 latency model: SLOW (256x256x121, 100 steps) takes about 5 s,
@@ -135,3 +135,14 @@ def kill_replica(app: str, deployment: str) -> None:
         if actor["name"].startswith(f"SERVE_REPLICA::{app}#{deployment}#")
     ]
     ray.kill(ray.get_actor(name, namespace="serve"))
+
+
+def kill_gang_rank(app: str, deployment: str, rank: int) -> None:
+    """Kill one of the other ranks of the replica of `deployment` (a gang of several GPUs), as a
+    crash would."""
+    (actor,) = [
+        actor
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["name"].startswith(gang_rank_prefix(app, deployment)) and actor["name"].endswith(f"#{rank}")
+    ]
+    ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))

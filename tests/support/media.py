@@ -44,3 +44,9 @@ def colours_seen(data: bytes) -> tuple[dict[str, str], np.ndarray]:
     names = {"primaries": av.video.reformatter.ColorPrimaries, "transfer": av.video.reformatter.ColorTrc,
              "matrix": av.video.reformatter.Colorspace, "range": av.video.reformatter.ColorRange}  # fmt: skip
     return {key: names[key](value).name for key, value in tags.items()}, shown
+
+
+def decoded_frames(data: bytes) -> np.ndarray:
+    """Every frame of the video as a player decodes it: (frames, height, width, 3) uint8."""
+    with av.open(io.BytesIO(data)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(container.streams.video[0])])

@@ -9,6 +9,7 @@ import json
 import re
 import tomllib
 from pathlib import Path
+from typing import get_args
 
 import jsonschema
 import kubernetes_validate
@@ -23,7 +24,7 @@ from support.service import ROOT
 
 from serve_app.api.auth import KEY_ID_SECRET_ENV, KEYS_ENV
 from serve_app.common import metrics
-from serve_app.config import DATABASE_URL_ENV, SECRET_ENV
+from serve_app.config import DATABASE_URL_ENV, SECRET_ENV, GpusPerReplica
 from serve_app.deployments import GPUS_PER_GENERATOR
 
 DEPLOY = ROOT / "deploy"
@@ -164,6 +165,18 @@ def test_the_cluster_fits_the_application():
     # The old cluster outlives its longest job after an upgrade; a head restart keeps the app (Redis).
     assert spec["rayClusterDeletionDelaySeconds"] > generator["graceful_shutdown_timeout_s"] >= 15 * 60
     assert cluster["gcsFaultToleranceOptions"]["redisPassword"]["valueFrom"]["secretKeyRef"]["name"] == "wan-redis"
+
+
+def test_the_optional_wide_gpu_group_is_off_and_holds_the_widest_replica_on_one_node():
+    wide, narrow = groups(rayservice())["gpu-wide"], groups(rayservice())["gpu"]
+    assert wide["minReplicas"] == wide["maxReplicas"] == wide["replicas"] == 0  # raised to use it
+    limits, narrow_limits = (g["template"]["spec"]["containers"][0]["resources"]["limits"] for g in (wide, narrow))
+    # A gang's GPUs are one STRICT_PACK placement group: the widest (8) must fit one pod.
+    assert limits["nvidia.com/gpu"] == max(get_args(GpusPerReplica)) == 8
+    # Each GPU with the CPUs and memory a one-GPU pod gives it (CPUs as a count, memory in Gi in both).
+    for resource in ("cpu", "memory"):
+        per_gpu = [float(g[resource].removesuffix("Gi")) / g["nvidia.com/gpu"] for g in (limits, narrow_limits)]
+        assert per_gpu[0] == per_gpu[1], resource
 
 
 def test_secrets_images_ports_and_volumes_are_consistent():
