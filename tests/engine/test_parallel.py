@@ -7,7 +7,8 @@ tokens, so each value is computed by the same operations as in one process, but 
 products see half the rows: a CPU BLAS may block (and so sum) them otherwise, which changes the
 last bits. CFG parallel computes each pass alone (a batch of one) where one process batches
 them (two): the same. So float32 latents agree to within 1e-5 of their scale, not bit for bit
-(measured here: Ulysses 0.0, CFG parallel 3.7e-6 on latents of scale 4.3)."""
+(measured here: Ulysses 0.0, CFG parallel 3.7e-6 on latents of scale 4.3). A LoRA adapter
+(`tiny-style`) applies on every rank as in one process."""
 
 import multiprocessing
 import threading
@@ -19,10 +20,13 @@ from support.media import png_bytes
 from support.service import SMALL
 
 from serve_app.benchmark.local_cluster import LOOPBACK, free_port
-from serve_app.config import ModelSpec, ParallelDegrees, PipelineOptions
-from serve_app.engine.model import load_model
+from serve_app.common.outbound import OutboundPolicy
+from serve_app.config import TINY_STYLE, ModelSpec, ParallelDegrees, PipelineOptions
+from serve_app.engine.adapters import Adapters
+from serve_app.engine.lora_files import LoraFiles, LoraPolicy
+from serve_app.engine.model import LoadedModel, load_model
 from serve_app.engine.pipeline import PipelineRunner
-from serve_app.messages import DEFAULT_NEGATIVE_PROMPT, GenerationRequest
+from serve_app.messages import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, LoraChoice, LoraSource
 
 pytestmark = pytest.mark.model
 
@@ -30,10 +34,30 @@ REQUEST = GenerationRequest(
     prompt="a lantern", negative_prompt=DEFAULT_NEGATIVE_PROMPT, guidance_scale=5.0, fps=24, seed=7, model="tiny",
     shift=3.0, **SMALL,
 )  # fmt: skip
-# Text to video, and text and image (the first frame given): both pipelines share the transformer.
-REQUESTS = {"t2v": REQUEST, "ti2v": REQUEST.model_copy(update={"image_png": png_bytes((64, 64))})}
+STYLE = LoraChoice(path=TINY_STYLE, scale=1.0, source=LoraSource(kind="tiny", location=TINY_STYLE))
+# Text to video, text and image (the first frame given: both pipelines share the transformer), and
+# text to video with an adapter.
+REQUESTS = {
+    "t2v": REQUEST,
+    "ti2v": REQUEST.model_copy(update={"image_png": png_bytes((64, 64))}),
+    "lora": REQUEST.model_copy(update={"loras": (STYLE,)}),
+}
 SPLITS = {"ulysses": ParallelDegrees(ulysses=2), "cfg": ParallelDegrees(cfg=2)}
 TOLERANCE = 1e-5
+
+
+def adapters(model: LoadedModel, cache: Path) -> Adapters:
+    files = LoraFiles(cache, LoraPolicy(max_bytes=2**20, cache_bytes=2**24, fetch_timeout_s=5), OutboundPolicy())
+    return Adapters(model.t2v, files, max_loaded=1)
+
+
+def denoise(runner: PipelineRunner, request: GenerationRequest) -> torch.Tensor:
+    """The request's latents, its adapters active (as `PipelineRunner.run` makes them)."""
+    assert runner.adapters is not None
+    runner.adapters.activate(request.loras)
+    with torch.inference_mode():
+        prompts = runner.encode_prompts(request)
+        return runner.denoise(request, prompts, runner.step_end(lambda _: None, threading.Event()))
 
 
 def denoise_on_rank(rank: int, ports: dict[str, int], cache: Path, out: "multiprocessing.Queue") -> None:
@@ -44,20 +68,20 @@ def denoise_on_rank(rank: int, ports: dict[str, int], cache: Path, out: "multipr
         store = parallel.rendezvous(LOOPBACK, ports[name], degrees.world, leader=rank == 0)
         joined = parallel.join(store, rank, degrees, torch.device("cpu"))
         model = load_model("tiny", torch.device("cpu"), cache, PipelineOptions())
-        runner = parallel.RankRunner(model, ModelSpec(id="tiny", checkpoint="tiny"), joined)
+        runner = parallel.RankRunner(model, ModelSpec(id="tiny", checkpoint="tiny"), joined, adapters(model, cache))
         for mode, request in REQUESTS.items():
-            with torch.inference_mode():
-                prompts = runner.encode_prompts(request)
-                latents = runner.denoise(request, prompts, runner.step_end(lambda _: None, threading.Event()))
+            latents = denoise(runner, request)
             out.put((name, mode, rank, latents.numpy()))  # pickled whole: shared memory would end with this process
         parallel.leave()
 
 
 @pytest.fixture(scope="module")
 def one_process(tiny_cache) -> dict[str, torch.Tensor]:
-    runner = PipelineRunner(load_model("tiny", torch.device("cpu"), tiny_cache, PipelineOptions()))
-    with torch.inference_mode():
-        return {mode: runner.denoise(request, runner.encode_prompts(request)) for mode, request in REQUESTS.items()}
+    model = load_model("tiny", torch.device("cpu"), tiny_cache, PipelineOptions())
+    runner = PipelineRunner(model, adapters=adapters(model, tiny_cache))
+    latents = {mode: denoise(runner, request) for mode, request in REQUESTS.items()}
+    assert not torch.equal(latents["lora"], latents["t2v"])  # the adapter changes the video
+    return latents
 
 
 @pytest.fixture(scope="module")
