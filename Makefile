@@ -59,10 +59,10 @@ $(POSTGRES):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
 
-# Two pytest-xdist workers sharing the tests, each with a Ray cluster of its own; the groups
-# (xdist_group) stay in one worker.
+# Two pytest-xdist workers sharing the test modules (a module's fixtures are made once), each with
+# a Ray cluster of its own.
 test: lint $(CHROMIUM) $(POSTGRES)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25
+	$(BIN)/python -m pytest -n 2 --dist loadscope --durations=25
 
 # The unit tier, chosen by folder (tests/unit: no Ray cluster, no browser, no diffusers, so its
 # workers import none of them), less its `slow` tests (PostgreSQL); two processes. Under 40 s.

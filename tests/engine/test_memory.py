@@ -15,9 +15,6 @@ from serve_app.engine.memory import PIPELINE_LATENTS, LiveBytes, MemoryTracer, m
 from serve_app.engine.model import decode_to_uint8, memory_tracer, plan_memory, usable_bytes
 from serve_app.engine.speedups import set_vae_tiling
 
-# One process traces the full-size modules once for all of these (`make test-fast` runs two).
-pytestmark = pytest.mark.xdist_group("memory")
-
 SIZE = (1280, 704, 121)  # the guide's default
 OPTIONS = PipelineOptions(warmup_size="1280x704x121")
 
