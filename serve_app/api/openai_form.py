@@ -1,10 +1,13 @@
 """What the OpenAI SDK's `videos.create` sends (multipart: `prompt`, `model`, `seconds`, `size`,
 an `input_reference` file) mapped onto the fields of `VideoRequest`. Our own fields may come as
-form fields too. What was asked for before mapping is kept, for the job's `details.requested`."""
+form fields too, `loras` as the SDK writes a list of objects (`extra_body={"loras": [...]}`): a
+`loras[][path]` and `loras[][scale]` field an adapter, repeated in order. What was asked for before
+mapping is kept, for the job's `details.requested`."""
 
 import base64
 import re
 from dataclasses import dataclass
+from itertools import zip_longest
 from typing import Any
 
 from serve_app.api.errors import InvalidRequest
@@ -27,17 +30,31 @@ class UploadedImage:
     data: bytes
 
 
+# The fields that a form may repeat: one of each an adapter, in order.
+LORA_PATH, LORA_SCALE = "loras[][path]", "loras[][scale]"
+REPEATABLE = (LORA_PATH, LORA_SCALE)
+
 _SIZE = re.compile(r"(\d{1,5})[xX](\d{1,5})")
 _MODEL = re.compile(MODEL_ID_PATTERN)
 _SECONDS = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
 
 
-def map_form(fields: dict[str, str], upload: UploadedImage | None) -> tuple[dict[str, Any], dict[str, str]]:
-    """The VideoRequest fields of a form, and what its OpenAI-style fields asked for, parsed and
-    normalised (an uploaded `input_reference` by a safe form of its file name): only those are
-    kept, in the job's `details.requested`."""
+def map_form(
+    fields: dict[str, str], upload: UploadedImage | None, repeated: dict[str, list[str]] | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The VideoRequest fields of a form (`repeated`: those of REPEATABLE, each value in order),
+    and what its OpenAI-style fields asked for, parsed and normalised (an uploaded
+    `input_reference` by a safe form of its file name): only those are kept, in the job's
+    `details.requested`."""
     data: dict[str, Any] = dict(fields)
     requested: dict[str, str] = {}
+    if repeated:
+        _not_both(LORA_PATH, data, "loras")
+        paths, scales = repeated.get(LORA_PATH, []), repeated.get(LORA_SCALE, [])
+        if scales and len(scales) != len(paths):
+            raise InvalidRequest(f"loras: give a {LORA_SCALE} for each {LORA_PATH}, or none.", param="loras")
+        adapters = zip_longest(paths, scales)
+        data["loras"] = [{"path": path, **({"scale": scale} if scale else {})} for path, scale in adapters]
     if (model := data.pop("model", None)) is not None:
         if not _MODEL.fullmatch(model):
             raise InvalidRequest(

@@ -13,7 +13,7 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from serve_app.api.errors import InvalidRequest, PayloadTooLarge
-from serve_app.api.openai_form import UploadedImage, map_form
+from serve_app.api.openai_form import REPEATABLE, UploadedImage, map_form
 from serve_app.api.protocol import VideoRequest
 from serve_app.error_codes import ErrorCode
 from serve_app.limits import MAX_NAME_CHARS
@@ -74,10 +74,14 @@ async def parse_form_video_request(headers: Headers, body: bytes) -> tuple[Video
     except MultiPartException as exc:
         raise InvalidRequest(f"Malformed multipart body: {exc.message}") from None
     fields: dict[str, str] = {}
+    repeated: dict[str, list[str]] = {}
     upload = None
     for name, value in form.multi_items():
         if not _FIELD_NAME.fullmatch(name):
             raise InvalidRequest(f"Form field names are letters, digits, _ and [ ], {MAX_NAME_CHARS} at most.")
+        if name in REPEATABLE and isinstance(value, str):
+            repeated.setdefault(name, []).append(value)
+            continue
         if name in fields or (upload is not None and name == "input_reference"):
             raise InvalidRequest(f"{name}: given more than once", param=name)
         if isinstance(value, UploadFile):
@@ -86,7 +90,7 @@ async def parse_form_video_request(headers: Headers, body: bytes) -> tuple[Video
             upload = UploadedImage(value.filename or "upload", await value.read())
         else:
             fields[name] = value
-    data, requested = map_form(fields, upload)
+    data, requested = map_form(fields, upload, repeated)
     try:
         # Form values are all text: "30" is read as 30 here, unlike in JSON.
         return VideoRequest.model_validate(data, strict=False), requested

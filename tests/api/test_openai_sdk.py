@@ -150,3 +150,10 @@ def test_the_sdks_model_picks_a_served_model_and_lists_them(sdk):
     with pytest.raises(openai.BadRequestError) as refused:
         sdk.videos.create(prompt="a kite", model="sora-2", seconds="1", size="64x64")
     assert refused.value.body["param"] == "model" and "tiny-turbo" in refused.value.body["message"]
+
+
+def test_adapters_go_through_the_sdks_extra_body(sdk):
+    loras = [{"path": "tiny-style", "scale": 0.8}]
+    video = sdk.videos.create(prompt="a styled boat", seconds="1", size="64x64", extra_body={**FAST, "loras": loras})
+    (applied,) = finish(sdk, video.id).model_extra["details"]["loras"]
+    assert applied["path"] == "tiny-style" and applied["scale"] == 0.8 and len(applied["sha256"]) == 64
