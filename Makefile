@@ -59,10 +59,10 @@ $(POSTGRES):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
 
-# Two pytest-xdist workers sharing the test modules (a module's fixtures are made once), each with
-# a Ray cluster of its own.
+# Two pytest-xdist workers: the tests on the Ray cluster in one (their group), the other modules
+# shared, a module at a time.
 test: lint $(CHROMIUM) $(POSTGRES)
-	$(BIN)/python -m pytest -n 2 --dist loadscope --durations=25
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25
 
 # The unit tier, chosen by folder (tests/unit: no Ray cluster, no browser, no diffusers, so its
 # workers import none of them), less its `slow` tests (PostgreSQL); two processes. Under 40 s.

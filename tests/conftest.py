@@ -5,6 +5,7 @@ server for `image_url`; a throwaway PostgreSQL server. Helpers live in `support/
 
 import hashlib
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -136,11 +137,28 @@ def postgres() -> Iterator[str]:
 CLUSTER_FIXTURES = {"ray_cluster", "apps", "service", "client", "simulated_app"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that uses the Ray cluster is an integration test, whatever its file says. Each
-    pytest-xdist worker starts a cluster of its own when it first needs one, and the two share the
-    modules of the cluster's tests (`--dist loadscope`: a module's fixtures are made once)."""
+    """A test that uses the Ray cluster is an integration test, whatever its file says. For
+    `--dist loadgroup`: every such test is in one group, so one worker holds the one cluster (two,
+    each beside the multi-node clusters of the end-to-end tests, overloaded 2 cores), and every
+    other module is a group of its own, so its module fixtures are made once."""
     for item in items:
         if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.xdist_group("cluster"))
+        else:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Refuse to run where pytest-xdist's `--dist loadgroup` no longer groups (it names a group by
+    a suffix of the node id, which pytest 9.2 ignores): each worker would start a cluster."""
+    if getattr(session.config.option, "loadgroup", False):  # set in the workers of `--dist loadgroup`
+        ungrouped = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group")
+                     and "@" not in item.nodeid]  # fmt: skip
+        if ungrouped:  # a worker's error is not shown, only that it crashed: say why on its stderr
+            message = f"pytest-xdist did not group {ungrouped[0]} (and {len(ungrouped) - 1} more): pytest>=9.2?"
+            print(message, file=sys.stderr)
+            raise pytest.UsageError(message)
 
