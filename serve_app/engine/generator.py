@@ -136,7 +136,7 @@ class Generator:
                 self._broken = f"CUDA error in an earlier job: {exc}"
             raise
 
-    def check_health(self) -> None:
+    async def check_health(self) -> None:
         """Called by Ray Serve; raising marks the replica unhealthy and has it replaced."""
         if self._broken:
             raise RuntimeError(self._broken)
@@ -144,7 +144,7 @@ class Generator:
             raise RuntimeError("the replica's GPU is gone")
         gang_check = getattr(self.runner, "check_health", None)  # a gang's: its other ranks answer
         if gang_check is not None:
-            gang_check()
+            await asyncio.to_thread(gang_check)  # up to its timeout: not on the replica's event loop
 
 
 def _adapter_set_keeper() -> Callable[[str], Awaitable[str]]:

@@ -90,7 +90,7 @@ def test_out_of_memory_fails_the_job_with_advice_and_the_replica_carries_on():
         code="gpu_out_of_memory",
         message="The GPU ran out of memory for 64x64 with 25 frames. Try a smaller size or fewer frames.",
     )
-    generator.check_health()
+    asyncio.run(generator.check_health())
     assert outcome(generator) == RESULT
 
 
@@ -100,14 +100,14 @@ def test_a_cuda_error_makes_the_health_check_fail():
     with pytest.raises(RuntimeError, match="illegal memory access"):
         outcome(generator)
     with pytest.raises(RuntimeError, match="CUDA error in an earlier job"):
-        generator.check_health()
+        asyncio.run(generator.check_health())
 
 
 def test_another_error_fails_the_job_but_not_the_replica():
     generator = Generator(AppArgs(model="simulated"), runner=FakeRunner(raising(RuntimeError("a bug"))))
     with pytest.raises(RuntimeError, match="a bug"):
         outcome(generator)
-    generator.check_health()
+    asyncio.run(generator.check_health())
 
 
 def test_a_dead_rank_of_a_gang_fails_the_job_as_replica_died_and_the_health_check():
@@ -117,14 +117,14 @@ def test_a_dead_rank_of_a_gang_fails_the_job_as_replica_died_and_the_health_chec
     failure = outcome(generator)
     assert failure.code == "replica_died" and "submit it again" in failure.message
     with pytest.raises(RuntimeError, match="a rank of the gang died"):
-        generator.check_health()
+        asyncio.run(generator.check_health())
 
 
 def test_a_lost_gpu_makes_the_health_check_fail(monkeypatch):
     generator = Generator(AppArgs(model="simulated"), runner=FakeRunner())
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="GPU is gone"):
-        generator.check_health()
+        asyncio.run(generator.check_health())
 
 
 def test_a_generation_past_its_deadline_fails_as_timeout_and_the_replica_takes_the_next():
@@ -158,5 +158,5 @@ def test_a_refused_adapter_fails_the_job_as_a_400_naming_it_and_the_replica_carr
     failure = outcome(generator)
     assert failure == GenerationFailure(code="invalid_request", message=refused.message, param="loras[1].path")
     assert failure.code.http_status == 400
-    generator.check_health()
+    asyncio.run(generator.check_health())
     assert outcome(generator) == RESULT
