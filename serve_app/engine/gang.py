@@ -24,7 +24,7 @@ from serve_app.config import AppArgs, ModelSpec
 from serve_app.deployments import gang_rank_prefix
 from serve_app.engine import parallel
 from serve_app.engine.adapters import lora_adapters
-from serve_app.engine.errors import GenerationCancelled, ModelLoadError, RankDied
+from serve_app.engine.errors import GenerationCancelled, LoraRefused, ModelLoadError, RankDied
 from serve_app.engine.model import load_model, resolve_device
 from serve_app.engine.pipeline import Report
 from serve_app.messages import GenerationRequest, GenerationResult
@@ -122,8 +122,9 @@ class GangRunner:
         following = [worker.follow.remote(request) for worker in self.workers]
         try:
             result = self.leader.run(request, report, cancel)
-        except GenerationCancelled:
-            self._wait(following)  # every rank stopped at the same step
+        except (GenerationCancelled, LoraRefused):
+            # Every rank stopped at the same step, or refused the same adapter before any work.
+            self._wait(following)
             raise
         except Exception as exc:
             self.broken = f"the gang's ranks are out of step after a failed job: {exc}"

@@ -55,6 +55,7 @@ class LoraFiles:
         self._policy = policy
         self._outbound = outbound
         self._hashes: dict[tuple[str, int, int], str] = {}  # a local file (path, size, mtime) -> SHA-256
+        self._valid: set[str] = set()  # the SHA-256 of files already checked (size, safetensors)
 
     def get(self, source: LoraSource, param: str) -> LoraFile:
         """The adapter's file, checked (size, safetensors, the pinned SHA-256), or LoraRefused."""
@@ -71,6 +72,8 @@ class LoraFiles:
     def _check(self, found: LoraFile, source: LoraSource, param: str) -> None:
         if source.sha256 is not None and found.sha256 != source.sha256:
             raise LoraRefused(param, f"the file's SHA-256 is {found.sha256}, not the {source.sha256} registered.")
+        if found.sha256 in self._valid:  # the same bytes: checked when first used, not at every request
+            return
         size = found.path.stat().st_size
         if size > self._policy.max_bytes:
             raise LoraRefused(param, f"the file is {size} bytes, over this server's {self._policy.max_bytes} limit.")
@@ -79,6 +82,7 @@ class LoraFiles:
                 pass
         except Exception:  # safetensors raises its own types, and OSError
             raise LoraRefused(param, "the file is not a safetensors file (pickles are never loaded).") from None
+        self._valid.add(found.sha256)
 
     def _sha256_of_local(self, path: Path) -> str:
         stat = path.stat()
