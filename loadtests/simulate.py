@@ -66,8 +66,10 @@ def mean_service_s(steps_mix: str, time_scale: float) -> float:
     return seconds / total * time_scale
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.simulate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--gpu-nodes", type=int, default=3)
     parser.add_argument("--time-scale", type=float, default=0.02, help="0.02: a 6-minute job takes 7.2 s")
     parser.add_argument("--utilisation", type=float, default=0.8, help="arrival rate / capacity of all GPUs")
@@ -75,30 +77,45 @@ def main() -> int:
     parser.add_argument("--run-time", default="5m")
     parser.add_argument("--users", type=int, default=4, help="Locust users sharing the arrivals")
     parser.add_argument("--out", type=Path, required=True)
-    opts = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def simulation_config(opts: argparse.Namespace, port: int, data_dir: str) -> dict:
+    """The Serve config of the simulation, served on `port`, its data in `data_dir`."""
+    args = {
+        "models": simulated_models(opts.steps_mix),
+        "simulated_time_scale": opts.time_scale,
+        "data_dir": data_dir,
+        "max_queued_jobs": 10_000,
+        "max_jobs_per_key": 10_000,
+    }
+    return cluster_config(port, args, {**AUTOSCALING, "max_replicas": opts.gpu_nodes})
+
+
+def load(url: str, opts: argparse.Namespace, command: str) -> int:
+    """Load the simulation's app at `url` with Poisson arrivals for `opts.run_time`, and write the
+    report (`command`: how the run was started); Locust's exit status."""
     service_s = mean_service_s(opts.steps_mix, opts.time_scale)
     arrival_rate = opts.utilisation * opts.gpu_nodes / service_s
     print(f"mean job {service_s:.2f} s; {arrival_rate:.3f} jobs/s for {opts.utilisation:.0%} of {opts.gpu_nodes} GPUs")
+    return run_load_test(
+        [
+            "--host", url, "--api-key", KEY, "--users", str(opts.users), "--spawn-rate", str(opts.users),
+            "--run-time", opts.run_time, "--user-classes", "JobsUser", "--steps-mix", opts.steps_mix,
+            "--size", f"{SIZE[0]}x{SIZE[1]}", "--frames", str(FRAMES),
+            "--arrival-rate", f"{arrival_rate:.4f}", "--out", str(opts.out),
+        ],
+        command=command,
+    )  # fmt: skip
 
-    with tempfile.TemporaryDirectory(prefix="wan-simulation-") as data_dir:
-        args = {
-            "models": simulated_models(opts.steps_mix),
-            "simulated_time_scale": opts.time_scale,
-            "data_dir": data_dir,
-            "max_queued_jobs": 10_000,
-            "max_jobs_per_key": 10_000,
-        }
-        config = cluster_config(free_port(), args, {**AUTOSCALING, "max_replicas": opts.gpu_nodes})
-        with serve_on_gpu_cluster(opts.gpu_nodes, config, KEY) as url:
-            return run_load_test(
-                [
-                    "--host", url, "--api-key", KEY, "--users", str(opts.users), "--spawn-rate", str(opts.users),
-                    "--run-time", opts.run_time, "--user-classes", "JobsUser", "--steps-mix", opts.steps_mix,
-                    "--size", f"{SIZE[0]}x{SIZE[1]}", "--frames", str(FRAMES),
-                    "--arrival-rate", f"{arrival_rate:.4f}", "--out", str(opts.out),
-                ],
-                command=shlex.join(["python", "-m", "loadtests.simulate", *sys.argv[1:]]),
-            )  # fmt: skip
+
+def main() -> int:
+    opts = parse_options()
+    with (
+        tempfile.TemporaryDirectory(prefix="wan-simulation-") as data_dir,
+        serve_on_gpu_cluster(opts.gpu_nodes, simulation_config(opts, free_port(), data_dir), KEY) as url,
+    ):
+        return load(url, opts, shlex.join(["python", "-m", "loadtests.simulate", *sys.argv[1:]]))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Fixtures shared by the tests: one real local Ray cluster for the whole session serving
 `serve_config.local.yaml` (tiny model, CPU) on a free port, beside which a test can deploy an
-application of its own (`apps`, `simulated_app`); the tiny checkpoint, built once; a local image
-server for `image_url`; a throwaway PostgreSQL server. Helpers live in `support/`."""
+application of its own (`apps`, `simulated_app`) or use one that the tests share and none breaks
+(`shared_simulated_app`); the tiny checkpoint, built once; a local image server for `image_url`; a
+throwaway PostgreSQL server. Helpers live in `support/`."""
 
 import hashlib
 import os
@@ -30,8 +31,6 @@ def image_server() -> Iterator[str]:
     """http://127.0.0.1:PORT serving good, bad and redirecting images."""
     with serve_images() as url:
         yield url
-
-
 
 
 @pytest.fixture(scope="session")
@@ -122,6 +121,29 @@ def simulated_app(
 
 
 @pytest.fixture(scope="session")
+def _shared_simulated(apps: "Apps", tmp_path_factory: pytest.TempPathFactory) -> Iterator["DeployedApp"]:
+    from support.apps import DeployedApp
+
+    name = "sim-shared"
+    apps.deploy(apps.simulated(name, tmp_path_factory.mktemp(name), max_video_pixels=None))
+    headers = {"Authorization": f"Bearer {API_KEYS[0]}"}
+    with httpx.Client(base_url=apps.url(name), headers=headers, timeout=60) as http:
+        yield DeployedApp(name, apps.url(name), http)
+    apps.remove(name)
+
+
+@pytest.fixture
+def shared_simulated_app(_shared_simulated: "DeployedApp") -> Iterator["DeployedApp"]:
+    """One application like `simulated_app`, but with no cap on a video's size, deployed once for
+    the tests that fill its queue, cancel, stream events, but break nothing. Each test finds it
+    idle: after each, every job of every test key must end (within 60 s), or that test errs."""
+    from support.apps import wait_idle
+
+    yield _shared_simulated
+    wait_idle(_shared_simulated.url, API_KEYS)
+
+
+@pytest.fixture(scope="session")
 def client(service: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=service, headers={"Authorization": f"Bearer {API_KEYS[0]}"}, timeout=120) as http:
         yield http
@@ -134,7 +156,7 @@ def postgres() -> Iterator[str]:
         yield url
 
 
-CLUSTER_FIXTURES = {"ray_cluster", "apps", "service", "client", "simulated_app"}
+CLUSTER_FIXTURES = {"ray_cluster", "apps", "service", "client", "simulated_app", "shared_simulated_app"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
@@ -161,4 +183,3 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             message = f"pytest-xdist did not group {ungrouped[0]} (and {len(ungrouped) - 1} more): pytest>=9.2?"
             print(message, file=sys.stderr)
             raise pytest.UsageError(message)
-

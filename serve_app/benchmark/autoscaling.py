@@ -39,19 +39,25 @@ AUTOSCALING = {
 
 
 def run(gpu_nodes: int, jobs: int) -> dict[str, Any]:
+    with (
+        tempfile.TemporaryDirectory(prefix="wan-autoscaling-") as data_dir,
+        serve_on_gpu_cluster(gpu_nodes, scenario_config(gpu_nodes, free_port(), data_dir), KEY) as url,
+    ):
+        return measure(url, gpu_nodes, jobs)
+
+
+def scenario_config(gpu_nodes: int, port: int, data_dir: str) -> dict[str, Any]:
+    """The Serve config of the scenario, served on `port`, its data in `data_dir`."""
+    args = {"model": "simulated", "simulated_time_scale": TIME_SCALE, "data_dir": data_dir}
+    # One replica more allowed than there are GPUs, to show that none is placed without one.
+    return cluster_config(port, args, {**AUTOSCALING, "max_replicas": gpu_nodes + 1})
+
+
+def measure(url: str, gpu_nodes: int, jobs: int) -> dict[str, Any]:
+    """Submit `jobs` jobs at once to the scenario's app at `url` (no generator replica yet), follow
+    the replicas until every job ends and they are back to none; the figures."""
     import ray
 
-    with tempfile.TemporaryDirectory(prefix="wan-autoscaling-") as data_dir:
-        args = {"model": "simulated", "simulated_time_scale": TIME_SCALE, "data_dir": data_dir}
-        # One replica more allowed than there are GPUs, to show that none is placed without one.
-        config = cluster_config(free_port(), args, {**AUTOSCALING, "max_replicas": gpu_nodes + 1})
-        with serve_on_gpu_cluster(gpu_nodes, config, KEY) as url:
-            figures = _scenario(url, gpu_nodes, jobs)
-            figures["head_node"] = ray.get_runtime_context().get_node_id()[:12]
-            return figures
-
-
-def _scenario(url: str, gpu_nodes: int, jobs: int) -> dict[str, Any]:
     api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
     idle = generator_replicas().get("RUNNING", 0)
     started = time.monotonic()
@@ -78,6 +84,7 @@ def _scenario(url: str, gpu_nodes: int, jobs: int) -> dict[str, Any]:
     ) and time.monotonic() < deadline:
         time.sleep(0.5)
     return {
+        "head_node": ray.get_runtime_context().get_node_id()[:12],
         "gpu_nodes": gpu_nodes,
         "jobs": jobs,
         "replicas_before": idle,

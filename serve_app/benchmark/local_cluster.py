@@ -7,7 +7,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -79,29 +79,42 @@ def deploy_config(config: dict[str, Any], ready_within_s: float | None = 120, wa
 
 
 @contextmanager
-def serve_on_gpu_cluster(gpu_nodes: int, config: dict[str, Any], api_key: str) -> Iterator[str]:
-    """Start the cluster, deploy `config` and yield its base URL; shut everything down after."""
+def gpu_cluster(gpu_nodes: int, api_keys: Sequence[str]) -> Iterator[None]:
+    """Start the cluster, accepting `api_keys`, and connect to it; shut everything down after."""
     import ray
     from ray import serve
     from ray.cluster_utils import Cluster
 
-    os.environ["WAN_API_KEYS"] = api_key  # inherited by the nodes' processes
+    os.environ["WAN_API_KEYS"] = ",".join(api_keys)  # inherited by the nodes' processes
     os.environ.setdefault("WAN_KEY_ID_SECRET", secrets.token_hex(32))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False})
     for _ in range(gpu_nodes):
         cluster.add_node(num_cpus=2, num_gpus=GPUS_PER_GENERATOR)  # one generator replica a node
     ray.init(address=cluster.address, log_to_driver=False)
     try:
-        # Not Serve's own 60 s wait: on a busy 2-core machine the nodes take longer to start the apps.
-        url = deploy_config(config, ready_within_s=None, wait=False)
-        deadline = time.monotonic() + 240
-        for app in config["applications"]:
-            wait_running(app["name"], deadline)
-        yield url
+        yield
     finally:
         serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
+
+
+def deploy_running(config: dict[str, Any]) -> str:
+    """Deploy `config` on the connected cluster and return its base URL once every application
+    runs: within 240 s, not Serve's own 60 s (on a busy 2-core machine the nodes take longer to
+    start the apps)."""
+    url = deploy_config(config, ready_within_s=None, wait=False)
+    deadline = time.monotonic() + 240
+    for app in config["applications"]:
+        wait_running(app["name"], deadline)
+    return url
+
+
+@contextmanager
+def serve_on_gpu_cluster(gpu_nodes: int, config: dict[str, Any], api_key: str) -> Iterator[str]:
+    """Start the cluster, deploy `config` and yield its base URL; shut everything down after."""
+    with gpu_cluster(gpu_nodes, [api_key]):
+        yield deploy_running(config)
 
 
 def wait_running(name: str, deadline: float) -> None:

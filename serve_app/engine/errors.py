@@ -1,5 +1,5 @@
 """What a generation can raise besides bugs: the model cannot load, the job was cancelled, the
-video does not fit the GPU."""
+video does not fit the GPU (before any work, or as it runs out of memory)."""
 
 
 class ModelLoadError(RuntimeError):
@@ -27,6 +27,11 @@ class LoraRefused(Exception):
         self.reason = reason
         self.message = f"{param}: {reason}"
         self.permanent = permanent  # of the file itself, so worth remembering (not a failed download)
+
+
+class GpuOutOfMemory(Exception):
+    """Raised by a runner whose GPU ran out of memory for a video (torch's OutOfMemoryError), once
+    it has freed what the job held: the job fails with advice, and the replica carries on."""
 
 
 class RankDied(Exception):

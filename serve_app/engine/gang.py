@@ -140,9 +140,10 @@ class GangRunner:
             raise RankDied(self.broken) from exc
 
     def check_health(self) -> None:
-        """Raises if the gang is broken or one of its other ranks is gone."""
+        """Raises if the gang is broken, rank 0's GPU is gone, or one of its other ranks is gone."""
         if self.broken:
             raise RuntimeError(self.broken)
+        self.leader.check_health()
         try:
             ray.get([worker.node.remote() for worker in self.workers], timeout=PING_TIMEOUT_S)
         except (RayActorError, GetTimeoutError) as exc:

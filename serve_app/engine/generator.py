@@ -11,13 +11,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import ray
-import torch
 from ray import serve
 from ray.serve.context import _get_internal_replica_context
 
 from serve_app.common.logs import use_serve_log_handlers
 from serve_app.config import AppArgs
-from serve_app.engine.errors import GenerationCancelled, LoraRefused, RankDied, VideoNotSplittable, VideoTooLarge
+from serve_app.engine.errors import (
+    GenerationCancelled,
+    GpuOutOfMemory,
+    LoraRefused,
+    RankDied,
+    VideoNotSplittable,
+    VideoTooLarge,
+)
 from serve_app.engine.runner import Runner, make_runner
 from serve_app.error_codes import ErrorCode
 from serve_app.messages import GenerationFailure, GenerationRequest, GenerationResult, Progress, Started
@@ -119,10 +125,8 @@ class Generator:
                 message=f"The generation took longer than this server's limit of {self._max_generation_s:g} s "
                 "and was stopped. Try fewer steps, a smaller size or fewer frames.",
             )
-        except torch.OutOfMemoryError:
-            # Recoverable: free what the failed job held; the replica stays in service.
-            if self.runner.on_gpu:
-                torch.cuda.empty_cache()
+        except GpuOutOfMemory:
+            # Recoverable (the runner freed what the job held): the replica stays in service.
             logger.warning("out of memory at %dx%dx%d", request.width, request.height, request.num_frames)
             return GenerationFailure(
                 code=ErrorCode.GPU_OUT_OF_MEMORY,
@@ -140,11 +144,8 @@ class Generator:
         """Called by Ray Serve; raising marks the replica unhealthy and has it replaced."""
         if self._broken:
             raise RuntimeError(self._broken)
-        if self.runner.on_gpu and not torch.cuda.is_available():
-            raise RuntimeError("the replica's GPU is gone")
-        gang_check = getattr(self.runner, "check_health", None)  # a gang's: its other ranks answer
-        if gang_check is not None:
-            await asyncio.to_thread(gang_check)  # up to its timeout: not on the replica's event loop
+        # A gang's waits up to its timeout for its other ranks to answer: not on the event loop.
+        await asyncio.to_thread(self.runner.check_health)
 
 
 def _adapter_set_keeper() -> Callable[[str], Awaitable[str]]:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from serve_app.config import ModelSpec, ParallelDegrees
 from serve_app.engine.adapters import Adapters
-from serve_app.engine.errors import GenerationCancelled, LoraRefused, VideoTooLarge
+from serve_app.engine.errors import GenerationCancelled, GpuOutOfMemory, LoraRefused, VideoTooLarge
 from serve_app.engine.model import LoadedModel, decode_to_uint8
 from serve_app.engine.schedulers import make_scheduler
 from serve_app.engine.speedups import step_cache
@@ -112,7 +112,6 @@ class PipelineRunner:
                 self.denoise(variant, self.encode_prompts(variant))
         logger.info("warmed up at %s in %.1f s", size, time.perf_counter() - started)
 
-    @torch.inference_mode()
     def run(
         self,
         request: GenerationRequest,
@@ -123,9 +122,23 @@ class PipelineRunner:
 
         `report` receives the progress of denoising; setting `cancel` stops the job at the end of
         the current step (diffusers' own `interrupt` would skip the steps left but still decode).
-        A video larger than this replica's memory allows raises VideoTooLarge before any work.
+        A video larger than this replica's memory allows raises VideoTooLarge before any work; one
+        that runs out of GPU memory anyway, GpuOutOfMemory.
         """
-        cancel = cancel or threading.Event()
+        try:
+            return self._generate(request, report, cancel or threading.Event())
+        except torch.OutOfMemoryError as exc:
+            # Recoverable: free what the failed job held; the replica stays in service.
+            if self.on_gpu:
+                torch.cuda.empty_cache()
+            raise GpuOutOfMemory(str(exc)) from exc
+
+    def check_health(self) -> None:
+        if self.on_gpu and not torch.cuda.is_available():
+            raise RuntimeError("the replica's GPU is gone")
+
+    @torch.inference_mode()
+    def _generate(self, request: GenerationRequest, report: Report, cancel: threading.Event) -> GenerationResult:
         self.check_fits(request)
         on_step_end = self.step_end(report, cancel)
         if self.on_gpu:

@@ -28,6 +28,10 @@ class Runner(Protocol):
         """Generate one video in the calling thread, reporting each step (by default to no one);
         `cancel` stops it at the end of the current step (raising GenerationCancelled)."""
 
+    def check_health(self) -> None:
+        """Raise if it can serve no more (its GPU is gone, a gang's rank does not answer); called
+        on a thread by the replica's health check."""
+
 
 def make_runner(args: AppArgs, spec: ModelSpec) -> Runner:
     """The runner of the served model `spec`: with `gpus_per_replica` > 1, a gang's (`gang.py`)."""

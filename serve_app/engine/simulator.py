@@ -74,6 +74,9 @@ class SimulatedRunner:
     def warm_up(self, size: str) -> None:
         """Nothing to warm."""
 
+    def check_health(self) -> None:
+        """Nothing to lose."""
+
     def run(
         self,
         request: GenerationRequest,

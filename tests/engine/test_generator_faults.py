@@ -1,18 +1,17 @@
 """GPU faults inside a generator replica: the real Generator (its stream, its recovery, its health
-check) around one-behaviour runners that raise what CUDA would, since a CPU cannot run out of GPU
-memory or corrupt a CUDA context. (The real pipeline raising through it is tested in
-test_pipeline's cancel and timeout tests.)"""
+check) around one-behaviour runners that raise what a GPU's runner would, since a CPU cannot run
+out of GPU memory or corrupt a CUDA context. (The real pipeline raising through it: test_pipeline's
+cancel, timeout, out-of-memory and lost-GPU tests.)"""
 
 import asyncio
 import threading
 from collections.abc import Callable
 
 import pytest
-import torch
 from support.service import SMALL
 
 from serve_app.config import AppArgs
-from serve_app.engine.errors import GenerationCancelled, LoraRefused, RankDied
+from serve_app.engine.errors import GenerationCancelled, GpuOutOfMemory, LoraRefused, RankDied
 from serve_app.engine.generator import Generator
 from serve_app.messages import (
     DEFAULT_NEGATIVE_PROMPT,
@@ -43,9 +42,14 @@ class FakeRunner:
     def __init__(self, behaviour: Callable[[threading.Event], None] = lambda _: None) -> None:
         self._behaviour = behaviour
         self.runs = 0
+        self.unhealthy: Exception | None = None
 
     def warm_up(self, size: str) -> None:
         pass
+
+    def check_health(self) -> None:
+        if self.unhealthy:
+            raise self.unhealthy
 
     def run(self, request: GenerationRequest, report: Callable[[Progress], None], cancel: threading.Event):
         self.runs += 1
@@ -75,16 +79,8 @@ def outcome(generator: Generator):
     return asyncio.run(last())
 
 
-@pytest.fixture(autouse=True)
-def no_cuda(monkeypatch):
-    # No GPU here: the generator's GPU calls (emptying the cache, checking the device) are the
-    # real thing's only where a GPU is.
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-
-
 def test_out_of_memory_fails_the_job_with_advice_and_the_replica_carries_on():
-    out_of_memory = torch.OutOfMemoryError("CUDA out of memory.")
+    out_of_memory = GpuOutOfMemory("CUDA out of memory.")
     generator = Generator(AppArgs(model="simulated"), runner=FakeRunner(raising(out_of_memory)))
     assert outcome(generator) == GenerationFailure(
         code="gpu_out_of_memory",
@@ -120,9 +116,11 @@ def test_a_dead_rank_of_a_gang_fails_the_job_as_replica_died_and_the_health_chec
         asyncio.run(generator.check_health())
 
 
-def test_a_lost_gpu_makes_the_health_check_fail(monkeypatch):
-    generator = Generator(AppArgs(model="simulated"), runner=FakeRunner())
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+def test_a_runner_that_can_serve_no_more_makes_the_health_check_fail():
+    runner = FakeRunner()
+    generator = Generator(AppArgs(model="simulated"), runner=runner)
+    asyncio.run(generator.check_health())
+    runner.unhealthy = RuntimeError("the replica's GPU is gone")
     with pytest.raises(RuntimeError, match="GPU is gone"):
         asyncio.run(generator.check_health())
 

@@ -1,6 +1,7 @@
 """The pipeline runner on the tiny model, on the CPU: a cancel stops the real pipeline at the end
-of its step, and the same seed gives the same bytes (the determinism the API's `seed` promises;
-checked here, not through HTTP)."""
+of its step, the same seed gives the same bytes (the determinism the API's `seed` promises;
+checked here, not through HTTP), and what it does where its GPU runs out of memory or is gone
+(CUDA's calls replaced: there is no GPU here)."""
 
 import threading
 
@@ -9,7 +10,7 @@ import torch
 from support.service import SMALL
 
 from serve_app.config import PipelineOptions
-from serve_app.engine.errors import GenerationCancelled
+from serve_app.engine.errors import GenerationCancelled, GpuOutOfMemory
 from serve_app.engine.model import load_model
 from serve_app.engine.pipeline import PipelineRunner
 from serve_app.messages import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, Progress
@@ -48,3 +49,32 @@ def test_the_same_seed_gives_the_same_bytes_and_another_seed_others(runner):
     other = runner.run(REQUEST.model_copy(update={"seed": 8}))
     assert first.video_mp4 == again.video_mp4 and first.thumbnail_jpeg == again.thumbnail_jpeg
     assert other.video_mp4 != first.video_mp4
+
+
+@pytest.fixture
+def on_a_gpu(runner, monkeypatch) -> list[str]:
+    """The runner as a GPU replica's, CUDA's calls recorded: the names of those made."""
+    calls: list[str] = []
+    monkeypatch.setattr(runner, "on_gpu", True)
+    for name in ("reset_peak_memory_stats", "synchronize"):
+        monkeypatch.setattr(torch.cuda, name, lambda device, name=name: calls.append(name))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    return calls
+
+
+def test_out_of_gpu_memory_frees_the_cache_and_is_raised_as_gpu_out_of_memory(runner, on_a_gpu, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(runner, "denoise", out_of_memory)
+    with pytest.raises(GpuOutOfMemory, match="Tried to allocate"):
+        runner.run(REQUEST)
+    assert on_a_gpu[0] == "reset_peak_memory_stats" and on_a_gpu[-1] == "empty_cache"
+
+
+def test_a_gpu_that_is_gone_fails_the_health_check(runner, on_a_gpu, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    runner.check_health()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="GPU is gone"):
+        runner.check_health()

@@ -1,6 +1,7 @@
 """Backpressure: past the per-key limit a submission gets 429, past the queue bound 503, both
-with Retry-After, before any work is done for it and without leaving a job behind. On an
-application of its own (`simulated_app`), whose queue these tests fill."""
+with Retry-After, before any work is done for it and without leaving a job behind. On the
+simulated application the tests share (`shared_simulated_app`), whose queue these tests fill and
+empty again."""
 
 import httpx
 import pytest
@@ -9,14 +10,14 @@ from support.service import API_KEYS, SLOW, SMALL, TEST_ARGS, submit, wait_for
 
 
 @pytest.fixture
-def client(simulated_app):
-    return simulated_app.client
+def client(shared_simulated_app):
+    return shared_simulated_app.client
 
 
 @pytest.fixture
-def other(simulated_app):
+def other(shared_simulated_app):
     headers = {"Authorization": f"Bearer {API_KEYS[1]}"}
-    with httpx.Client(base_url=simulated_app.url, headers=headers, timeout=60) as http:
+    with httpx.Client(base_url=shared_simulated_app.url, headers=headers, timeout=60) as http:
         yield http
 
 

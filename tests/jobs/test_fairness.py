@@ -1,6 +1,6 @@
 """The queue is fair between keys, end to end (`serve_app.jobs.fair_queue`): real Ray Serve, real
-HTTP, the simulated model on an application of its own (`simulated_app`: one generator replica, so
-Serve holds one job at a time and the rest wait their turn in Jobs)."""
+HTTP, the simulated model on the application the tests share (`shared_simulated_app`: one generator
+replica, so Serve holds one job at a time and the rest wait their turn in Jobs)."""
 
 import httpx
 import pytest
@@ -8,14 +8,16 @@ from support.service import API_KEYS, SLOW, submit, wait_for
 
 
 @pytest.fixture
-def other(simulated_app):
+def other(shared_simulated_app):
     headers = {"Authorization": f"Bearer {API_KEYS[1]}"}
-    with httpx.Client(base_url=simulated_app.url, headers=headers, timeout=60) as http:
+    with httpx.Client(base_url=shared_simulated_app.url, headers=headers, timeout=60) as http:
         yield http
 
 
-def test_a_key_that_comes_later_runs_before_the_waiting_jobs_of_a_busy_key_and_is_told_so(simulated_app, other):
-    client = simulated_app.client
+def test_a_key_that_comes_later_runs_before_the_waiting_jobs_of_a_busy_key_and_is_told_so(
+    shared_simulated_app, other
+):
+    client = shared_simulated_app.client
     mine = [submit(client, **SLOW) for _ in range(3)]
     theirs = None
     try:

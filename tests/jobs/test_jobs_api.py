@@ -1,4 +1,5 @@
-"""The jobs API, /v1/videos, end to end: real Ray Serve, real HTTP, the tiny pipeline."""
+"""The jobs API, /v1/videos, end to end: real Ray Serve, real HTTP, the tiny pipeline; what needs
+steps that last (events, cancel, a client that leaves) on the shared simulated application."""
 
 import base64
 import io
@@ -65,10 +66,11 @@ def test_predict_runs_as_a_listed_job(client):
     assert newest["details"]["prompt"] == "listed" and newest["status"] == "completed"
 
 
-def test_events_report_every_step_then_end_with_the_final_status(client):
-    # Steps long enough (256x256x121) that each reaches the stream before the next; and it decodes
-    # for seconds after the last step: the stream must keep itself alive.
-    job = submit(client, height=256, width=256, num_frames=121, num_inference_steps=10)
+def test_events_report_every_step_then_end_with_the_final_status(shared_simulated_app):
+    client = shared_simulated_app.client
+    # Simulated steps long enough (0.7 s at 1280x704x121) that each reaches the stream before the
+    # next; and it decodes for 1.8 s after the last step: the stream must keep itself alive.
+    job = submit(client, height=704, width=1280, num_frames=121, num_inference_steps=10)
     events, keepalives = events_of(client, job["id"])
     assert events[-1]["status"] == "completed" and events[-1]["progress"] == 100
     progress = [e["progress"] for e in events]
@@ -105,8 +107,8 @@ def test_range_requests_let_a_player_seek(client):
     assert beyond.json()["error"]["code"] == "range_not_satisfiable"
 
 
-def test_cancel_a_queued_job_and_a_running_one(simulated_app):
-    client = simulated_app.client
+def test_cancel_a_queued_job_and_a_running_one(shared_simulated_app):
+    client = shared_simulated_app.client
     running = submit(client, **SLOW)
     wait_for(client, running["id"], until=lambda j: j["progress"] > 0)
     queued = submit(client, **SMALL)
@@ -136,8 +138,8 @@ def test_cancel_a_queued_job_and_a_running_one(simulated_app):
     assert client.post(f"/v1/videos/{after['id']}/cancel").json()["status"] == "completed"
 
 
-def test_a_client_that_leaves_predict_cancels_its_job(simulated_app):
-    client = simulated_app.client
+def test_a_client_that_leaves_predict_cancels_its_job(shared_simulated_app):
+    client = shared_simulated_app.client
 
     def impatient() -> None:
         with pytest.raises(httpx.ReadTimeout):

@@ -38,7 +38,7 @@ def wait_until_idle(service: str) -> None:
 
 
 def test_smoke_load_test_passes_and_writes_the_report(service, tmp_path):
-    run = load_test(service, tmp_path, "--users", "2", "--run-time", "20s", "--think-time", "0.2")
+    run = load_test(service, tmp_path, "--users", "2", "--run-time", "12s", "--think-time", "0.2")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
     samples = [json.loads(line) for line in (tmp_path / "jobs.jsonl").read_text().splitlines()]
@@ -85,11 +85,17 @@ def test_429_and_503_are_counted_as_rejections_not_failures(service, tmp_path):
     wait_until_idle(service)
 
 
+def rising(counts: list[int]) -> bool:
+    """Never down until the top, and at most the last sample after it (the users stopping)."""
+    top = len(counts) - counts[::-1].index(max(counts))
+    return counts[:top] == sorted(counts[:top]) and len(counts) - top <= 1
+
+
 @pytest.mark.parametrize(
     ("shape", "expected"),
-    # Users over a 9 s run of 4 users at most: rising from 1 (on a loaded machine Locust's last sample
-    # may come before the top: 3 will do), or 1 with all 4 for the middle third.
-    [("ramp", lambda counts: counts == sorted(counts) and counts[0] <= 2 and counts[-1] >= 3),
+    # Users over a 9 s run of 4 users at most: rising from 1 to 3 or 4 (on a loaded machine Locust's
+    # last samples may come before the top, or as the users stop), or 1 with all 4 for the middle third.
+    [("ramp", lambda counts: rising(counts) and counts[0] <= 2 and max(counts) >= 3),
      ("burst", lambda counts: counts[0] == 1 and 4 in counts and counts[-1] == 1)],
 )  # fmt: skip
 def test_load_shapes_set_the_user_count_over_the_run(service, tmp_path, shape, expected):

@@ -17,6 +17,8 @@ from ray import serve
 
 from serve_app.benchmark.local_cluster import deploy_config, wait_running
 from serve_app.deployments import GENERATOR, gang_rank_prefix
+from serve_app.messages import JobStatus
+from support.polling import poll
 from support.service import ROOT, TEST_ARGS
 
 # The simulator's factor on the L40 latency model: SLOW (256x256x121, 100 steps) takes about 5 s,
@@ -125,6 +127,19 @@ def wait_ready(url: str, within_s: float = 120) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url} was not ready within {within_s:g} s")
         time.sleep(0.2)
+
+
+def wait_idle(url: str, keys: tuple[str, ...], within_s: float = 60) -> None:
+    """Until every job of each key at `url` has ended (their newest hundred)."""
+
+    def idle() -> bool:
+        for key in keys:
+            listed = httpx.get(f"{url}/v1/videos", params={"limit": 100}, headers={"Authorization": f"Bearer {key}"})
+            if not all(JobStatus(job["status"]).is_terminal for job in listed.raise_for_status().json()["data"]):
+                return False
+        return True
+
+    poll(idle, timeout_s=within_s, every_s=0.2, what=f"every job at {url} ended")
 
 
 def kill_replica(app: str, deployment: str) -> None:

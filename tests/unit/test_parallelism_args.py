@@ -76,6 +76,7 @@ def test_a_one_gpu_replica_has_no_placement_group():
                                               "cfg_all_gather": 10_475_520}),
     ],
 )  # fmt: skip
+@pytest.mark.slow  # imports diffusers and counts on the full-size transformer's config: seconds
 def test_the_bytes_a_rank_sends_per_step_at_1280x704x121(degrees, expected):
     from serve_app.engine.full_size import TRANSFORMER_CONFIG
     from serve_app.engine.parallel import bytes_per_step
