@@ -97,7 +97,6 @@ class GangRunner:
             self.nodes = [self.leader_node(), *ray.get([worker.node.remote() for worker in self.workers])]
         except RayActorError as exc:
             raise ModelLoadError(f"a rank of the gang failed to start: {exc}") from exc
-        self.on_gpu = self.leader.on_gpu
         self.capacity = self.leader.capacity  # each rank's, and so the gang's: every rank holds the video
         self.description = {**self.leader.description, "ranks": degrees.world}
         self.broken: str | None = None

@@ -49,8 +49,9 @@ WARM_UP_IMAGE: WarmUpChange = {"image_png": _png((64, 64))}
 # The denoising graphs a request can take besides the warm-up's own (guidance in a batch of two,
 # quality mode, no image), by compile mode: guidance off is a batch of one; with `full`, a
 # reference image too (the text+image pipeline passes `encoder_hidden_states_image=None`, another
-# guard of the whole graph); `regional` also compiles the blocks that fast mode's step cache wraps
-# (`full` runs fast generations eagerly).
+# guard of the whole graph, unless the batched guidance hook leaves it out: then these run without
+# compiling); `regional` also compiles the blocks that fast mode's step cache wraps (`full` runs
+# fast generations eagerly).
 WARM_UP_VARIANTS: dict[str, tuple[WarmUpChange, ...]] = {
     "off": (),
     "full": ({"guidance_scale": 1.0}, WARM_UP_IMAGE, {**WARM_UP_IMAGE, "guidance_scale": 1.0}),

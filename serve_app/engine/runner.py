@@ -12,7 +12,6 @@ from serve_app.messages import GenerationRequest, GenerationResult, Progress
 
 
 class Runner(Protocol):
-    on_gpu: bool
     description: dict[str, object]  # how it runs: model, device, dtype, plan, options; reported with every job
     capacity: Capacity | None  # what its GPU memory allows; None where memory is no limit
 

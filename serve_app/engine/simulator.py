@@ -50,7 +50,6 @@ def l40_seconds(width: int, height: int, num_frames: int, steps: int, guidance: 
 class SimulatedRunner:
     """A `Runner`; `time_scale` turns the L40's minutes into seconds."""
 
-    on_gpu = False
     capacity: Capacity | None = None  # the simulated GPUs hold any video
 
     def __init__(self, time_scale: float, model: str = SIMULATED) -> None:

@@ -144,6 +144,11 @@ class BatchedGuidance(ModelHook):  # type: ignore[misc]  # ModelHook is Any: myp
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (latents, unconditional output)
 
     def new_forward(self, module: torch.nn.Module, hidden_states: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor]:
+        # The text+image pipeline passes `encoder_hidden_states_image=None` (TI2V-5B encodes no
+        # image apart), the text-only one leaves it out: left out either way, a transformer compiled
+        # whole has one graph for both, not two to compile.
+        if kwargs.get("encoder_hidden_states_image") is None:
+            kwargs.pop("encoder_hidden_states_image", None)
         text = kwargs["encoder_hidden_states"]
         if self.negative is None:
             unbatched: tuple[torch.Tensor] = self.fn_ref.original_forward(hidden_states=hidden_states, **kwargs)

@@ -33,9 +33,8 @@ RESULT = GenerationResult(
 
 
 class FakeRunner:
-    """A `Runner` whose run() does `behaviour` once, then succeeds; `on_gpu` as a GPU replica's."""
+    """A `Runner` whose run() does `behaviour` once, then succeeds; unhealthy once told so."""
 
-    on_gpu = True
     description = {"model": "fake"}
     capacity = None
 

@@ -125,8 +125,12 @@ def test_after_the_warm_up_no_request_compiles_again_and_the_latents_are_the_sam
         # The guidance hook wraps the model's forward, compiled by torch.compile.
         assert hasattr(model.guidance.fn_ref.original_forward, "_torchdynamo_orig_callable")
     runner = PipelineRunner(model)
+    torch._dynamo.utils.counters.clear()
     # Not square: a square warm-up lets dynamo assume width == height in every later graph.
     runner.warm_up("96x64x25")
+    # One graph for guidance's batch of two, one for a batch of one (dynamo specialises a size of 1):
+    # a text+image request takes the text-only graph (`full`: 4 before its `None` image was left out).
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
     requests = [
         generation(),  # guidance in a batch of two
         generation(guidance_scale=1.0),  # a batch of one
