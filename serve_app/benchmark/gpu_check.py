@@ -95,21 +95,24 @@ class Check:
         """Run a section if its estimated time fits what is left; record its figures or its error."""
         left = self.deadline - time.monotonic()
         if name in self.skip:
-            self.figures[name] = {"skipped": "asked for (--skip)"}
+            self.skipped(name, "asked for (--skip)")
         elif self.only and name not in self.only:
-            self.figures[name] = {"skipped": "not asked for (--only)"}
+            self.skipped(name, "not asked for (--only)")
         elif left < estimate_s:
-            self.figures[name] = {"skipped": f"about {estimate_s:.0f} s needed, {max(0, left):.0f} s left"}
+            self.skipped(name, f"about {estimate_s:.0f} s needed, {max(0, left):.0f} s left")
         else:
             started = time.monotonic()
             try:
                 self.figures[name] = {**run(), "section_s": round(time.monotonic() - started, 1)}
             except Exception as exc:  # a failing option must not cost the others their figures
                 self.figures[name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
-        self.path.write_text(json.dumps(self.figures, indent=2))
+            self._write()
 
     def skipped(self, name: str, reason: str) -> None:
         self.figures[name] = {"skipped": reason}
+        self._write()
+
+    def _write(self) -> None:
         self.path.write_text(json.dumps(self.figures, indent=2))
 
 

@@ -50,4 +50,3 @@ def make_runner(args: AppArgs, spec: ModelSpec) -> Runner:
     device = resolve_device(args.device)
     model = load_model(spec.checkpoint, device, args.cache_dir, args.pipeline_options, spec.revision)
     return PipelineRunner(model, spec, lora_adapters(args, model.t2v, model.lora_slots, AdapterMetrics(spec.id)))
-
