@@ -164,11 +164,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that uses the Ray cluster is an integration test, whatever its file says. For
     `--dist loadgroup`: every such test is in one group, so one worker holds the one cluster (two,
     each beside the multi-node clusters of the end-to-end tests, overloaded 2 cores), and every
-    other module is a group of its own, so its module fixtures are made once."""
+    other module is a group of its own, so its module fixtures are made once. The tests that compile
+    the tiny transformer (`compiles`) are one group too: one after another, each finds the graphs
+    of those before it in the run's TorchInductor cache."""
     for item in items:
         if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
             item.add_marker(pytest.mark.xdist_group("cluster"))
+        elif item.get_closest_marker("compiles"):
+            item.add_marker(pytest.mark.xdist_group("compiles"))
         else:
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
 

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from support.compiling import COMPILE_WARM_UP
 from support.service import ROOT
 
 from serve_app.benchmark import gpu_check, results
@@ -75,11 +76,12 @@ def test_one_full_size_pass_at_1280x704x121_is_517_tflop():
 WITHOUT_SERVING = "import sys; [sys.modules.__setitem__(name, None) for name in ('ray', 'fastapi', 'starlette')]; "
 
 
+@pytest.mark.compiles
 def test_the_gpu_check_runs_without_ray_or_fastapi_and_writes_every_section(tmp_path):
     # --gpus 2 on the CPU: the gang sections run two processes over gloo, each a gang's rank.
     code = WITHOUT_SERVING + "from serve_app.benchmark.gpu_check import main; main(sys.argv[1:])"
-    done = run("-c", code, "--model", "tiny", "--device", "cpu", "--size", "64x64x25", "--steps", "2", "--gpus", "2",
-               "--out", str(tmp_path), "--skip", "compile_full", timeout=600)  # fmt: skip
+    done = run("-c", code, "--model", "tiny", "--device", "cpu", "--size", COMPILE_WARM_UP, "--steps", "2",
+               "--gpus", "2", "--out", str(tmp_path), "--skip", "compile_full", timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     (path,) = tmp_path.glob("cpu-*.json")
     figures = json.loads(path.read_text())

@@ -10,6 +10,7 @@ import logging
 import pytest
 import torch
 from PIL import Image
+from support.compiling import COMPILE_WARM_UP
 
 from serve_app.config import PipelineOptions
 from serve_app.engine.errors import ModelLoadError
@@ -113,6 +114,7 @@ def test_cfg_batch_off_runs_guidance_one_pass_at_a_time(cache):
     assert model.guidance is None and not model.plan.cfg_batch and model.options["cfg_batch"] is False
 
 
+@pytest.mark.compiles
 @pytest.mark.parametrize("mode", ["regional", "full"])
 def test_after_the_warm_up_no_request_compiles_again_and_the_latents_are_the_same(cache, mode):
     plain = load_model("tiny", CPU, cache, PipelineOptions(cfg_batch=False))
@@ -126,8 +128,7 @@ def test_after_the_warm_up_no_request_compiles_again_and_the_latents_are_the_sam
         assert hasattr(model.guidance.fn_ref.original_forward, "_torchdynamo_orig_callable")
     runner = PipelineRunner(model)
     torch._dynamo.utils.counters.clear()
-    # Not square: a square warm-up lets dynamo assume width == height in every later graph.
-    runner.warm_up("96x64x25")
+    runner.warm_up(COMPILE_WARM_UP)
     # One graph for guidance's batch of two, one for a batch of one (dynamo specialises a size of 1):
     # a text+image request takes the text-only graph (`full`: 4 before its `None` image was left out).
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
