@@ -7,6 +7,11 @@ throwaway PostgreSQL server. Helpers live in `support/`."""
 import hashlib
 import os
 import sys
+
+# TorchInductor's vectorised CPU kernels take half of a compilation's time here, and nothing the
+# tests check depends on them (the graphs, recompilations, latents against eager): scalar kernels.
+# Set before torch reads it, and inherited by the processes the tests start.
+os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "0")
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING

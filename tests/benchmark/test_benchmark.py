@@ -72,19 +72,43 @@ def test_one_full_size_pass_at_1280x704x121_is_517_tflop():
     assert transformer_flops(TRANSFORMER_CONFIG, 1280, 704, 121) == pytest.approx(517e12, rel=0.005)
 
 
-# The GPU machine has torch, transformers and accelerate, and not Ray or the web framework.
-WITHOUT_SERVING = "import sys; [sys.modules.__setitem__(name, None) for name in ('ray', 'fastapi', 'starlette')]; "
+# The GPU machine has torch, transformers and accelerate, and not Ray or the web framework: a
+# `sitecustomize` on the path refuses them, in the check's process and in the ranks it starts.
+NOT_INSTALLED = """import sys
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("ray", "fastapi", "starlette"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NotInstalled())
+"""
 
 
 @pytest.mark.compiles
-def test_the_gpu_check_runs_without_ray_or_fastapi_and_writes_every_section(tmp_path):
+def test_gpu_check_sh_runs_every_section_without_ray_or_fastapi_and_writes_only_to_its_folder(tmp_path):
+    # The script itself, on the CPU with `tiny`: python3 on PATH is this interpreter, with pip
+    # stubbed (nothing to install here) and the serving libraries refused; there is no nvidia-smi.
     # --gpus 2 on the CPU: the gang sections run two processes over gloo, each a gang's rank.
-    code = WITHOUT_SERVING + "from serve_app.benchmark.gpu_check import main; main(sys.argv[1:])"
-    done = run("-c", code, "--model", "tiny", "--device", "cpu", "--size", COMPILE_WARM_UP, "--steps", "2",
-               "--gpus", "2", "--out", str(tmp_path), "--skip", "compile_full", timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    (path,) = tmp_path.glob("cpu-*.json")
+    bin_dir, site = tmp_path / "bin", tmp_path / "site"
+    bin_dir.mkdir()
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(NOT_INSTALLED)
+    stub = bin_dir / "python3"
+    pip_stubbed = '[ "$1 $2" = "-m pip" ] && exit 0'
+    stub.write_text(f'#!/bin/sh\n{pip_stubbed}\nPYTHONPATH={site}:$PYTHONPATH exec {sys.executable} "$@"\n')
+    stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    options = ["--model", "tiny", "--device", "cpu", "--size", COMPILE_WARM_UP, "--steps", "2", "--gpus", "2",
+               "--skip", "compile_full"]  # fmt: skip
+    # OUT_DIR relative to where it is called from, not to the repository.
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "results", *options], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = tmp_path / "results"
+    (path,) = out.glob("cpu-*.json")
+    assert {p.name for p in out.iterdir()} == {path.name, "gpu-check.log", "nvidia-smi.csv"}
+    assert str(path) in (out / "gpu-check.log").read_text()
     figures = json.loads(path.read_text())
+    assert figures["steps"] == 2 and figures["size"] == COMPILE_WARM_UP
     assert figures["plan"] == "full, VAE tiling off, guidance batched"
     # What the check is for first, so that a budget spent early still measured it.
     assert list(figures)[-len(gpu_check.SECTIONS) :] == list(gpu_check.SECTIONS)
@@ -117,32 +141,21 @@ def test_the_gpu_check_runs_without_ray_or_fastapi_and_writes_every_section(tmp_
         )
     assert figures["gang_auto"]["bytes_per_step_per_rank"]["cfg_all_gather"] > 0
     assert figures["gang_ulysses"]["bytes_per_step_per_rank"]["ulysses_all_to_all"] > 0
-
-
-def test_gpu_check_sh_passes_its_options_through_and_writes_only_to_its_folder(tmp_path):
-    # The script itself, on the CPU with `tiny`: python3 on PATH is this interpreter, with pip
-    # stubbed (nothing to install here); there is no nvidia-smi.
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    stub = bin_dir / "python3"
-    stub.write_text(f'#!/bin/sh\n[ "$1 $2" = "-m pip" ] && exit 0\nexec {sys.executable} "$@"\n')
-    stub.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
-    options = ["--model", "tiny", "--device", "cpu", "--size", "64x64x25", "--steps", "2", "--only", "default"]
-    # OUT_DIR relative to where it is called from, not to the repository.
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "results", *options], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    out = tmp_path / "results"
-    (path,) = out.glob("cpu-*.json")
-    assert {p.name for p in out.iterdir()} == {path.name, "gpu-check.log", "nvidia-smi.csv"}
-    figures = json.loads(path.read_text())
-    assert figures["steps"] == 2 and "step_s" in figures["default"]
-    assert figures["memory_model"] == {"skipped": "not asked for (--only)"}
-    assert str(path) in (out / "gpu-check.log").read_text()
     refused = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out), "--only", "nothing"],
                              env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert refused.returncode == 2 and "invalid choice: 'nothing'" in refused.stdout
+
+
+def test_a_section_runs_unless_skipped_not_asked_for_or_over_the_budget(tmp_path):
+    ran = []
+    check = gpu_check.Check(tmp_path / "figures.json", budget_s=60, skip=["b"], only=["a", "b", "c"])
+    for name, estimate_s in (("a", 1), ("b", 1), ("c", 600), ("d", 1)):
+        check.section(name, estimate_s, lambda name=name: ran.append(name) or {"ran": True})
+    assert ran == ["a"]
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    assert figures["a"]["ran"] and figures["b"] == {"skipped": "asked for (--skip)"}
+    assert figures["c"]["skipped"].startswith("about 600 s needed")
+    assert figures["d"] == {"skipped": "not asked for (--only)"}
 
 
 def test_gpu_gib_caps_the_process_and_plans_for_that_much(monkeypatch):
