@@ -141,8 +141,9 @@ def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_deadline():
     assert outcome == "TimeoutError" and 2 <= seconds < 4
 
 
-def _verify(secret: str, signature: str) -> dict:
-    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(int(time.time())), "webhook-signature": signature}
+def _verify(secret: str, signature: str, timestamp: int) -> dict:
+    # The signed timestamp, not the clock's: a second may pass between signing and verifying.
+    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(timestamp), "webhook-signature": signature}
     return Webhook(secret).verify(b'{"type": "video.completed"}', headers)
 
 
@@ -154,10 +155,10 @@ def test_each_key_has_its_own_signing_key_and_a_rotation_signs_with_both(monkeyp
     assert alice != bob and old not in (alice, bob)
     now = int(time.time())
     signature = sign(webhook_keys("alice"), "msg_1", now, b'{"type": "video.completed"}')
-    assert _verify(alice, signature)["type"] == "video.completed"
+    assert _verify(alice, signature, now)["type"] == "video.completed"
     for wrong in (bob, old):
         with pytest.raises(Exception, match="signature"):
-            _verify(wrong, signature)
+            _verify(wrong, signature, now)
     # A rotation: the new secret first, the old kept until receivers have moved. Every event
     # carries a signature of each, so a receiver verifies with either key.
     monkeypatch.setenv("WAN_WEBHOOK_SECRET", f"{new} {old}")
@@ -165,4 +166,4 @@ def test_each_key_has_its_own_signing_key_and_a_rotation_signs_with_both(monkeyp
     assert rotated[1] == alice and len(rotated) == 2
     signature = sign(rotated, "msg_1", now, b'{"type": "video.completed"}')
     assert len(signature.split()) == 2
-    assert all(_verify(key, signature)["type"] == "video.completed" for key in rotated)
+    assert all(_verify(key, signature, now)["type"] == "video.completed" for key in rotated)
