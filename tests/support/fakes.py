@@ -3,6 +3,7 @@ whose replicas take a step every `step_s` and count what they were asked to run,
 deployment started on it outside Serve. (The real generator is tested on the test cluster.)"""
 
 import asyncio
+import contextlib
 from collections import Counter
 
 from serve_app.config import AppArgs
@@ -40,8 +41,6 @@ class FakeStream:
     async def _run(self) -> None:
         try:
             async for message in self.generate():
-                if self.cancelled.is_set():
-                    break
                 self._messages.put_nowait(message)
         except Exception as exc:
             self._messages.put_nowait(exc)
@@ -56,11 +55,11 @@ class FakeStream:
             generator.started[self.request.prompt] += 1
             yield Started(worker="fake-gpu", runtime={"model": "fake"})
             for step in range(1, self.request.num_inference_steps + 1):
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.cancelled.wait(), generator.step_s)
-                except TimeoutError:
-                    pass
-                else:
+                # Read the event, not how wait_for ended: a cancel that lands while wait_for cancels
+                # its timed-out wait still raises TimeoutError (and once lost the stop).
+                if self.cancelled.is_set():
                     generator.stopped[self.request.prompt] += 1
                     return
                 yield Progress(step=step, total=self.request.num_inference_steps)
