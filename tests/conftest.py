@@ -21,7 +21,7 @@ import pytest
 import yaml
 from support.image_server import image_server as serve_images
 from support.postgres import postgres_server
-from support.service import API_KEYS, KEY_ID_SECRET, ROOT, TEST_ARGS, WEBHOOK_SECRET
+from support.service import API_KEYS, KEY_ID_SECRET, ROOT, TEST_ARGS, WEBHOOK_SECRET, wait_idle
 
 from serve_app.benchmark.local_cluster import LOOPBACK, free_port
 
@@ -142,8 +142,6 @@ def shared_simulated_app(_shared_simulated: "DeployedApp") -> Iterator["Deployed
     """One application like `simulated_app`, but with no cap on a video's size, deployed once for
     the tests that fill its queue, cancel, stream events, but break nothing. Each test finds it
     idle: after each, every job of every test key must end (within 60 s), or that test errs."""
-    from support.apps import wait_idle
-
     yield _shared_simulated
     wait_idle(_shared_simulated.url, API_KEYS)
 

@@ -2,9 +2,9 @@
 
 import hashlib
 import re
-import time
 
 import httpx
+from support.polling import poll
 from support.service import API_KEYS, KEY_ID_SECRET, SMALL, submit, wait_for
 
 from serve_app.api.auth import ApiKeys
@@ -12,13 +12,12 @@ from serve_app.api.auth import ApiKeys
 
 def scrape_until(port: int, pattern: str, timeout: float = 60) -> str:
     """The node's metrics once a line matches `pattern` (Ray exports every few seconds)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def matched() -> str | None:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-        if re.search(pattern, text, re.MULTILINE):
-            return text
-        assert time.monotonic() < deadline, f"no metric matches {pattern}"
-        time.sleep(1)
+        return text if re.search(pattern, text, re.MULTILINE) else None
+
+    return poll(matched, timeout, every_s=1, what=f"a metric matching {pattern}")
 
 
 def test_jobs_requests_stages_and_usage_per_key_are_exported(client, metrics_port):

@@ -5,11 +5,9 @@ import csv
 import json
 import subprocess
 import sys
-import time
 
-import httpx
 import pytest
-from support.service import API_KEYS, NO_LOAD_TEST_FAILURES, ROOT
+from support.service import API_KEYS, NO_LOAD_TEST_FAILURES, ROOT, wait_idle
 
 pytestmark = pytest.mark.e2e
 
@@ -22,19 +20,6 @@ def load_test(service: str, out, *args: str) -> subprocess.CompletedProcess:
          "--frames", "25", "--steps-mix", "2:3,4:1", "--out", str(out), *args],
         capture_output=True, text=True, timeout=180, cwd=ROOT,
     )  # fmt: skip
-
-
-def active_jobs(service: str) -> list[str]:
-    headers = {"Authorization": f"Bearer {LOAD_KEY}"}
-    jobs = httpx.get(f"{service}/v1/videos", params={"limit": 100}, headers=headers).json()["data"]
-    return [job["id"] for job in jobs if job["status"] in ("queued", "in_progress")]
-
-
-def wait_until_idle(service: str) -> None:
-    deadline = time.monotonic() + 30
-    while active_jobs(service):
-        assert time.monotonic() < deadline, "the load test left jobs running"
-        time.sleep(0.5)
 
 
 def test_smoke_load_test_passes_and_writes_the_report(service, tmp_path):
@@ -64,7 +49,7 @@ def test_smoke_load_test_passes_and_writes_the_report(service, tmp_path):
     with (tmp_path / "replicas.csv").open() as rows:
         assert {row["generator_replicas"] for row in csv.DictReader(rows)} == {"1"}
     # Jobs still running when the time was up were cancelled, not left to the GPUs.
-    wait_until_idle(service)
+    wait_idle(service, (LOAD_KEY,), within_s=30)
 
 
 def test_429_and_503_are_counted_as_rejections_not_failures(service, tmp_path):
@@ -82,7 +67,7 @@ def test_429_and_503_are_counted_as_rejections_not_failures(service, tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert f"- rejected (429 too_many_jobs): {sum(s['status'] == 429 for s in rejected)}" in report
     assert NO_LOAD_TEST_FAILURES in report
-    wait_until_idle(service)
+    wait_idle(service, (LOAD_KEY,), within_s=30)
 
 
 def rising(counts: list[int]) -> bool:
@@ -106,7 +91,7 @@ def test_load_shapes_set_the_user_count_over_the_run(service, tmp_path, shape, e
         counts = [int(row["User Count"]) for row in csv.DictReader(rows) if row["Name"] == "Aggregated"]
     counts = [count for count in counts if count]  # before the first user and after the last
     assert expected(counts), ", ".join(map(str, counts))
-    wait_until_idle(service)
+    wait_idle(service, (LOAD_KEY,), within_s=30)
 
 
 def test_an_unreachable_service_is_a_clear_error(tmp_path):

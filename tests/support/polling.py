@@ -6,12 +6,18 @@ import time
 from collections.abc import Callable
 
 
-def poll(condition: Callable[[], object], timeout_s: float = 60, every_s: float = 0.1, what: str = "it") -> object:
+def poll(
+    condition: Callable[[], object],
+    timeout_s: float = 60,
+    every_s: float = 0.1,
+    what: str | Callable[[], str] = "it",
+) -> object:
     """Call `condition` every `every_s` until it returns something true, and return that; fail
-    the test after `timeout_s`."""
+    the test after `timeout_s`, saying `what` (or what `what()` says then: the last state seen)."""
     deadline = time.monotonic() + timeout_s
     while not (value := condition()):
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout_s:g} s"
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what() if callable(what) else what} did not happen within {timeout_s:g} s")
         time.sleep(every_s)
     return value
 

@@ -1,12 +1,12 @@
 """The test service: the local config with small caps, and the calls the tests make on it."""
 
 import base64
-import time
 from pathlib import Path
 
 import httpx
 
 from serve_app.messages import JobStatus
+from support.polling import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEYS = ("test-key-one", "test-key-two")
@@ -46,10 +46,23 @@ def wait_for(
     client: httpx.Client, job_id: str, until=lambda job: JobStatus(job["status"]).is_terminal, timeout: float = 180
 ):
     """Poll the job until `until(job)`; the job."""
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.get(f"/v1/videos/{job_id}").json()
-        if until(job):
-            return job
-        assert time.monotonic() < deadline, f"job never got there: {job}"
-        time.sleep(0.1)
+    seen: list[dict] = []
+
+    def reached() -> dict | None:
+        seen.append(client.get(f"/v1/videos/{job_id}").json())
+        return seen[-1] if until(seen[-1]) else None
+
+    return poll(reached, timeout, what=lambda: f"the job's state (last seen: {seen[-1]})")
+
+
+def wait_idle(url: str, keys: tuple[str, ...], within_s: float = 60) -> None:
+    """Until every job of each key at `url` has ended (their newest hundred)."""
+
+    def idle() -> bool:
+        for key in keys:
+            listed = httpx.get(f"{url}/v1/videos", params={"limit": 100}, headers={"Authorization": f"Bearer {key}"})
+            if not all(JobStatus(job["status"]).is_terminal for job in listed.raise_for_status().json()["data"]):
+                return False
+        return True
+
+    poll(idle, timeout_s=within_s, every_s=0.2, what=f"every job at {url} ending")
