@@ -72,16 +72,13 @@ class PostgresStore(SqlStore):
         await tx.execute("SELECT pg_notify(?, ?)", (CHANNEL, job_id))
 
     async def changes(self) -> AsyncIterator[str]:
-        """Every job id NOTIFYed, from a connection of its own; reconnects when it drops, and then
-        yields EVERY_JOB, for what changed while it was away."""
-        first = True
+        """Every job id NOTIFYed, from a connection of its own; EVERY_JOB once it LISTENs, at the
+        start (what changed while it connected) and after each reconnection (while it was away)."""
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as connection:
                     await connection.execute(f"LISTEN {CHANNEL}")
-                    if not first:
-                        yield EVERY_JOB
-                    first = False
+                    yield EVERY_JOB
                     async for notice in connection.notifies():
                         yield notice.payload
             except psycopg.OperationalError as exc:

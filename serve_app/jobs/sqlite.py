@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from serve_app.jobs.sql import Params, Row, SqlStore, Transaction
+from serve_app.jobs.store import EVERY_JOB
 
 POLL_S = 0.5
 # Change records older than this are dropped: every replica has read them by then.
@@ -88,6 +89,7 @@ class SqliteStore(SqlStore):
 
     async def changes(self) -> AsyncIterator[str]:
         (start,) = (await self._read("SELECT COALESCE(MAX(seq), 0) FROM changes"))[0]
+        yield EVERY_JOB  # what changed before `start` was read
         pruned = time.monotonic()
         while True:
             with contextlib.suppress(TimeoutError):

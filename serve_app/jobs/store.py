@@ -15,7 +15,7 @@ from serve_app.messages import GenerationRequest, Job, JobStatus
 
 Refusal = TypeVar("Refusal")
 
-# Yielded by `changes` when any job may have changed unseen (a lost connection, re-established).
+# Yielded by `changes` when any job may have changed unseen: as it begins, and after a lost connection.
 EVERY_JOB = "*"
 
 
@@ -158,5 +158,7 @@ class JobStore(Protocol):
     # Changes.
 
     def changes(self) -> AsyncIterator[str]:
-        """The ids of jobs changed by any replica (this one included), as they change."""
+        """The ids of jobs changed by any replica (this one included), as they change; EVERY_JOB
+        first, once it follows them (a change made before that, while the replica started, would
+        otherwise be missed), and wherever it may have missed some."""
 

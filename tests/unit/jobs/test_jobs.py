@@ -4,6 +4,7 @@ here; several in `test_replicas.py`."""
 
 import asyncio
 import logging
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from threading import Thread
 
@@ -15,6 +16,8 @@ from serve_app.capacity import Capacity, GiB, Plan, StageFit
 from serve_app.common.storage import REFERENCE, VIDEO, ResultStorage
 from serve_app.config import AppArgs
 from serve_app.jobs import outbox
+from serve_app.jobs.postgres import PostgresStore
+from serve_app.jobs.sqlite import SqliteStore
 from serve_app.messages import (
     DEFAULT_NEGATIVE_PROMPT,
     GenerationFailure,
@@ -113,6 +116,31 @@ def test_a_failure_the_replica_reports_becomes_the_jobs_error(args):
 
     job = run(scenario())
     assert job.status == "failed" and job.error.model_dump() == failure.model_dump()
+
+
+def test_a_change_made_before_the_replica_follows_the_changes_still_wakes_its_watchers(args, monkeypatch):
+    # A loaded machine: the change feed (PostgreSQL's LISTEN, SQLite's first read of its change
+    # table) begins half a second after the replica, and the job runs and completes meanwhile.
+    for store in (SqliteStore, PostgresStore):
+
+        async def late(self, follow=store.changes):
+            await asyncio.sleep(0.5)
+            async for job_id in follow(self):
+                yield job_id
+
+        monkeypatch.setattr(store, "changes", late)
+
+    async def scenario():
+        jobs = await start_jobs(FakeGenerator(step_s=0.02), args)
+        started = time.monotonic()
+        job = await until_finished(jobs, await jobs.submit(submission(steps=2)))
+        waited = time.monotonic() - started
+        await jobs.__del__()
+        return job, waited
+
+    job, waited = run(scenario())
+    # Woken when the feed begins (it says any job may have changed), not by the long poll's 10 s.
+    assert job.status == "completed" and waited < 5, waited
 
 
 def test_a_cancelled_queued_job_never_runs_and_a_cancelled_running_one_stops(args):
