@@ -3,7 +3,10 @@
 import openai
 import pytest
 from support.media import png_bytes, probe_mp4
+from support.polling import poll
 from support.service import API_KEYS
+
+from serve_app.messages import JobStatus
 
 # Our own fields ride along as extra form fields; small enough for a CPU.
 FAST = {"num_inference_steps": 2, "seed": 11}
@@ -15,15 +18,16 @@ def sdk(service: str) -> openai.OpenAI:
 
 
 def finish(sdk: openai.OpenAI, video_id: str):
-    video = sdk.videos.retrieve(video_id)
-    while video.status in ("queued", "in_progress"):
+    def ended():
         video = sdk.videos.retrieve(video_id)
-    return video
+        return video if JobStatus(video.status).is_terminal else None
+
+    return poll(ended, 180, what=f"video {video_id} ending")
 
 
 def test_create_retrieve_download_list_and_delete(sdk):
     video = sdk.videos.create(prompt="a paper boat on a pond", model="tiny", seconds="1", size="64x64", extra_body=FAST)
-    assert video.object == "video" and video.status in ("queued", "in_progress")
+    assert video.object == "video" and not JobStatus(video.status).is_terminal
     assert (video.size, video.prompt, video.model) == ("64x64", "a paper boat on a pond", "tiny")
 
     done = finish(sdk, video.id)

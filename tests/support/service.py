@@ -46,13 +46,13 @@ def wait_for(
     client: httpx.Client, job_id: str, until=lambda job: JobStatus(job["status"]).is_terminal, timeout: float = 180
 ):
     """Poll the job until `until(job)`; the job."""
-    seen: list[dict] = []
+    last: dict = {}
 
     def reached() -> dict | None:
-        seen.append(client.get(f"/v1/videos/{job_id}").json())
-        return seen[-1] if until(seen[-1]) else None
+        last.update(job=client.get(f"/v1/videos/{job_id}").json())
+        return last["job"] if until(last["job"]) else None
 
-    return poll(reached, timeout, what=lambda: f"the job's state (last seen: {seen[-1]})")
+    return poll(reached, timeout, what=lambda: f"the awaited state of the job (last seen: {last['job']})")
 
 
 def wait_idle(url: str, keys: tuple[str, ...], within_s: float = 60) -> None:

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import ignored_auth, negative_data_rejection, positive_data_acceptance
 from support.api import AUTH, KEY_ID, Call, FakeJobs, api
 from support.media import png_bytes
+from support.polling import apoll, poll
 
 from serve_app.api.downloads import parse_range
 from serve_app.api.errors import ServiceError
@@ -177,8 +178,7 @@ def test_a_key_has_at_most_its_share_of_submissions_in_flight_before_any_image_i
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=AUTH) as http:
             pending = [asyncio.create_task(http.post("/v1/videos", json={"prompt": "a fox"})) for _ in range(2)]
-            while len(jobs.admit.calls) < 2:
-                await asyncio.sleep(0.01)
+            await apoll(lambda: len(jobs.admit.calls) >= 2, what="both submissions being admitted")
             refused = await http.post("/v1/videos", json={"prompt": "a fox", "image_base64": "iVBORw0KGgo="})
             admitted.set()
             return refused, await asyncio.gather(*pending)
@@ -363,8 +363,7 @@ def test_a_slow_reader_slows_the_reads_of_its_download(tmp_path):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        while not server.started:
-            time.sleep(0.01)
+        poll(lambda: server.started, every_s=0.01, what="the server starting")
         with socket.create_connection(("127.0.0.1", port)) as connection:
             connection.sendall(b"GET /v1/videos/video_x/content HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n\r\n")
             assert connection.recv(100).startswith(b"HTTP/1.1 200")

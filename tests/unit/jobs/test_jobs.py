@@ -10,6 +10,7 @@ from threading import Thread
 
 import pytest
 from support.fakes import FakeGenerator, FakeStream, start_jobs
+from support.polling import apoll
 from support.postgres import STORES, fresh_database
 
 from serve_app.capacity import Capacity, GiB, Plan, StageFit
@@ -52,6 +53,10 @@ async def until_finished(jobs, job: Job, owner: str = "key-a") -> Job:
     while not job.finished:
         job = await jobs.watch(owner, job.id, job, timeout_s=10)
     return job
+
+
+async def status_is(jobs, job: Job, status: str, owner: str = "key-a") -> bool:
+    return (await jobs.get(owner, job.id)).status == status
 
 
 def run(coroutine):
@@ -149,8 +154,7 @@ def test_a_cancelled_queued_job_never_runs_and_a_cancelled_running_one_stops(arg
         jobs = await start_jobs(generator, args)
         running = await jobs.submit(submission("running", steps=200))
         queued = await jobs.submit(submission("queued"))
-        while (await jobs.get("key-a", running.id)).status != "in_progress":
-            await asyncio.sleep(0.01)
+        await apoll(lambda: status_is(jobs, running, "in_progress"), what="the job starting")
         await jobs.cancel("key-a", queued.id)
         await jobs.cancel("key-a", running.id)
         await asyncio.sleep(0.3)
@@ -289,13 +293,11 @@ def test_a_webhook_waits_in_the_outbox_across_a_restart_and_is_retried_with_the_
     async def scenario():
         jobs = await start_jobs(FakeGenerator(), args)
         job = await until_finished(jobs, await jobs.submit(submission(webhook_url=url)))
-        while not handler.received:
-            await asyncio.sleep(0.05)
+        await apoll(lambda: handler.received, every_s=0.05, what="the first attempt")
         await jobs.__del__()  # stopped before the retry, due 0.2 s after the failure
         handler.answers = [200]
         restarted = await start_jobs(FakeGenerator(), args)
-        while len(handler.received) < 2:
-            await asyncio.sleep(0.05)
+        await apoll(lambda: len(handler.received) >= 2, every_s=0.05, what="the retry")
         await asyncio.sleep(0.5)  # and never again once delivered
         await restarted.__del__()
         return job
