@@ -87,7 +87,10 @@ def gpu_cluster(gpu_nodes: int, api_keys: Sequence[str]) -> Iterator[None]:
 
     os.environ["WAN_API_KEYS"] = ",".join(api_keys)  # inherited by the nodes' processes
     os.environ.setdefault("WAN_KEY_ID_SECRET", secrets.token_hex(32))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False})
+    # No log monitor (it tails every worker's log for drivers, and the driver takes none): its CPU is
+    # the 2-core machine's.
+    head = {"num_cpus": 2, "num_gpus": 0, "include_dashboard": False, "include_log_monitor": False}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
     for _ in range(gpu_nodes):
         cluster.add_node(num_cpus=2, num_gpus=GPUS_PER_GENERATOR)  # one generator replica a node
     ray.init(address=cluster.address, log_to_driver=False)
