@@ -87,8 +87,7 @@ def gpu_cluster(gpu_nodes: int, api_keys: Sequence[str]) -> Iterator[None]:
 
     os.environ["WAN_API_KEYS"] = ",".join(api_keys)  # inherited by the nodes' processes
     os.environ.setdefault("WAN_KEY_ID_SECRET", secrets.token_hex(32))
-    # No log monitor (it tails every worker's log for drivers, and the driver takes none): its CPU is
-    # the 2-core machine's.
+    # No log monitor: it forwards the workers' logs to drivers, and this one takes none (log_to_driver).
     head = {"num_cpus": 2, "num_gpus": 0, "include_dashboard": False, "include_log_monitor": False}
     cluster = Cluster(initialize_head=True, head_node_args=head)
     for _ in range(gpu_nodes):
