@@ -1,9 +1,11 @@
 """The GPU check's sections for a replica of several GPUs (`--gpus N`): N processes on one machine,
-one GPU each (CPU processes over gloo with `--device cpu`), each rank built and split as a gang's
-rank is (`engine/parallel.py`), timing the denoising steps of the same request. No Ray, as for the
-rest of the check."""
+one GPU each (CPU processes over gloo with `--device cpu`), the same ones for every split; in each
+split, each rank built and split as a gang's rank is (`engine/parallel.py`), timing the denoising
+steps of the same request. No Ray, as for the rest of the check."""
 
+import gc
 import multiprocessing
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import torch
@@ -28,26 +30,61 @@ def splits(gpus: int) -> dict[str, ParallelDegrees]:
     }
 
 
-def measure(model: str, device: str, size: str, steps: int, degrees: ParallelDegrees) -> dict[str, Any]:
-    """Rank 0's figures for one split: seconds a step, and its latents (on the host)."""
-    context = multiprocessing.get_context("spawn")  # a fresh CUDA context in each rank
-    results, port = context.Queue(), context.Queue()
-    ranks = [
-        context.Process(target=_rank, args=(rank, model, device, size, steps, degrees, port, results))
-        for rank in range(degrees.world)
-    ]
-    for process in ranks:
-        process.start()
-    try:
-        outcome: dict[str, Any] = results.get(timeout=RESULT_TIMEOUT_S)
-    finally:
-        for process in ranks:
+class Ranks:
+    """The processes of a gang's `world` ranks, started at the first split measured and kept for
+    the next ones (each process pays for torch's imports and a CUDA context once); a split that
+    fails ends them, so the next starts afresh. A context manager: leaving it ends them."""
+
+    def __init__(self, model: str, device: str, size: str, steps: int, world: int) -> None:
+        self.job = (model, device, size, steps)
+        self.world = world
+        self.context = multiprocessing.get_context("spawn")  # a fresh CUDA context in each rank
+        self.processes: list[BaseProcess] = []
+        self.splits: list[multiprocessing.Queue[ParallelDegrees | None]] = []
+
+    def __enter__(self) -> "Ranks":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def measure(self, degrees: ParallelDegrees) -> dict[str, Any]:
+        """Rank 0's figures for one split: seconds a step, and its latents (on the host)."""
+        if degrees.world != self.world:
+            raise ValueError(f"a split of {degrees.world} ranks, measured on {self.world}")
+        if not self.processes:
+            self._start()
+        for split in self.splits:
+            split.put(degrees)
+        try:
+            outcome: dict[str, Any] = self.results.get(timeout=RESULT_TIMEOUT_S)
+        except BaseException:
+            self.close()
+            raise
+        if "error" in outcome:
+            self.close()  # its ranks may be out of step
+            raise RuntimeError(outcome["error"])
+        return {**outcome, "latents": torch.from_numpy(outcome["latents"])}
+
+    def _start(self) -> None:
+        # Held here: a queue collected before a child unpickles it is gone for the child.
+        self.results, self.port = self.context.Queue(), self.context.Queue()
+        self.splits = [self.context.Queue() for _ in range(self.world)]
+        self.processes = [
+            self.context.Process(target=_rank, args=(rank, *self.job, self.splits[rank], self.port, self.results))
+            for rank in range(self.world)
+        ]
+        for process in self.processes:
+            process.start()
+
+    def close(self) -> None:
+        for split in self.splits:
+            split.put(None)
+        for process in self.processes:
             process.join(60)
             if process.is_alive():
                 process.kill()
-    if "error" in outcome:
-        raise RuntimeError(outcome["error"])
-    return {**outcome, "latents": torch.from_numpy(outcome["latents"])}
+        self.processes, self.splits = [], []
 
 
 def _rank(
@@ -56,34 +93,40 @@ def _rank(
     device: str,
     size: str,
     steps: int,
-    degrees: ParallelDegrees,
+    splits: "multiprocessing.Queue[ParallelDegrees | None]",
     port: "multiprocessing.Queue[int]",
     results: "multiprocessing.Queue[dict[str, Any]]",
 ) -> None:
-    try:
-        target = resolve_device(device)
-        if target.type == "cuda":
-            torch.cuda.set_device(rank)
-        args = AppArgs.model_validate(
-            {"model": model, "device": device, "cache_dir": BENCHMARK_CACHE, "warmup_size": size}
-        )
-        # Rank 0 holds the meeting point on a free port, and tells the others.
-        store = parallel.rendezvous(LOOPBACK, 0 if rank == 0 else port.get(), degrees.world, leader=rank == 0)
-        if rank == 0:
-            for _ in range(degrees.world - 1):
-                port.put(store.port)
-        joined = parallel.join(store, rank, degrees, target)
-        spec = ModelSpec(id=model, checkpoint=model)
-        runner = parallel.RankRunner(build(args, model == RANDOM_WEIGHTS), spec, joined)
-        width, height, frames = (int(side) for side in size.split("x"))
-        generation = request(width, height, frames, steps)
-        timed_denoising(runner, generation)  # the first run pays the one-time costs (NCCL's, the kernels')
-        step_s, latents = timed_denoising(runner, generation)
-        if rank == 0:
-            # As an array, pickled whole: a tensor would travel as shared memory, gone when this process ends.
-            results.put({"step_s": step_s, "latents": latents.float().cpu().numpy(), "plan": str(runner.model.plan)})
-        parallel.leave()
-    except Exception as exc:  # the parent waits on rank 0's answer: give it one
-        if rank == 0:
-            results.put({"error": f"{type(exc).__name__}: {exc}"})
-        raise
+    """Measure each split the parent sends, until it sends None."""
+    target = resolve_device(device)
+    if target.type == "cuda":
+        torch.cuda.set_device(rank)
+    args = AppArgs.model_validate({"model": model, "device": device, "cache_dir": BENCHMARK_CACHE, "warmup_size": size})
+    while (degrees := splits.get()) is not None:
+        try:
+            # Rank 0 holds each split's meeting point on a free port, and tells the others.
+            store = parallel.rendezvous(LOOPBACK, 0 if rank == 0 else port.get(), degrees.world, leader=rank == 0)
+            if rank == 0:
+                for _ in range(degrees.world - 1):
+                    port.put(store.port)
+            joined = parallel.join(store, rank, degrees, target)
+            spec = ModelSpec(id=model, checkpoint=model)
+            # Built again for each split: a split changes the model it is given.
+            runner = parallel.RankRunner(build(args, model == RANDOM_WEIGHTS), spec, joined)
+            width, height, frames = (int(side) for side in size.split("x"))
+            generation = request(width, height, frames, steps)
+            timed_denoising(runner, generation)  # the first run pays the one-time costs (NCCL's, the kernels')
+            step_s, latents = timed_denoising(runner, generation)
+            if rank == 0:
+                # As an array, pickled whole: a tensor would travel as shared memory, gone when this process ends.
+                latents_array = latents.float().cpu().numpy()
+                results.put({"step_s": step_s, "latents": latents_array, "plan": str(runner.model.plan)})
+            del runner  # before the next split's model is built
+            gc.collect()
+            if target.type == "cuda":
+                torch.cuda.empty_cache()
+            parallel.leave()
+        except Exception as exc:  # the parent waits on rank 0's answer: give it one
+            if rank == 0:
+                results.put({"error": f"{type(exc).__name__}: {exc}"})
+            raise

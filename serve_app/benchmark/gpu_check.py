@@ -304,9 +304,9 @@ def run_check(opts: argparse.Namespace) -> Path:
             }
         return figures
 
-    def gang(degrees: ParallelDegrees) -> Callable[[], dict[str, Any]]:
+    def gang(ranks: gang_check.Ranks, degrees: ParallelDegrees) -> Callable[[], dict[str, Any]]:
         def run() -> dict[str, Any]:
-            measured = gang_check.measure(opts.model, opts.device, opts.size, opts.steps, degrees)
+            measured = ranks.measure(degrees)
             one_gpu_step_s = check.figures["default"].get("step_s")
             return {
                 "parallelism": degrees.details,
@@ -358,12 +358,13 @@ def run_check(opts: argparse.Namespace) -> Path:
     check.section("fast_mode", 3 * estimate * FAST_STEPS, fast_mode)
     check.section("vae_tiling", 60, vae_tiling)
     check.section("text_encoder", 10, text_encoder)
-    for name, degrees in gang_check.splits(opts.gpus).items():
-        if opts.gpus == 1:
-            check.skipped(name, "one GPU: --gpus N measures a replica of N")
-        else:
-            estimate_s = check.figures["load_s"] + 2 * opts.steps * opts.step_estimate_s
-            check.section(name, estimate_s, gang(degrees))
+    with gang_check.Ranks(opts.model, opts.device, opts.size, opts.steps, opts.gpus) as ranks:
+        for name, degrees in gang_check.splits(opts.gpus).items():
+            if opts.gpus == 1:
+                check.skipped(name, "one GPU: --gpus N measures a replica of N")
+            else:
+                estimate_s = check.figures["load_s"] + 2 * opts.steps * opts.step_estimate_s
+                check.section(name, estimate_s, gang(ranks, degrees))
     return path
 
 

@@ -14,7 +14,7 @@ from support.compiling import COMPILE_WARM_UP
 from support.service import ROOT
 
 from serve_app.benchmark import __main__ as benchmark_cli
-from serve_app.benchmark import gpu_check, results
+from serve_app.benchmark import gang_check, gpu_check, results
 from serve_app.benchmark.measure import BENCHMARK_CACHE, transformer_flops
 from serve_app.capacity import GiB
 from serve_app.engine.full_size import TRANSFORMER_CONFIG
@@ -147,6 +147,15 @@ def test_gpu_check_sh_runs_every_section_without_ray_or_fastapi_and_writes_only_
     refused = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out), "--only", "nothing"],
                              env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert refused.returncode == 2 and "invalid choice: 'nothing'" in refused.stdout
+
+
+def test_the_gang_sections_ranks_refuse_a_split_of_another_size_before_starting():
+    # The sections share one set of rank processes (gpu_check.sh's test above measures both
+    # splits on them): a split for another number of ranks could never meet on it.
+    with gang_check.Ranks("tiny", "cpu", COMPILE_WARM_UP, 2, world=2) as ranks:
+        with pytest.raises(ValueError, match="a split of 4 ranks, measured on 2"):
+            ranks.measure(gang_check.splits(4)["gang_ulysses"])
+        assert ranks.processes == []
 
 
 def test_a_section_runs_unless_skipped_not_asked_for_or_over_the_budget(tmp_path):
