@@ -97,15 +97,17 @@ class Apps:
         del self._apps[name]
         serve.delete(name, _blocking=False)
 
-    def simulated(self, name: str, data_dir: Path, **args: object) -> dict:
+    def simulated(self, name: str, data_dir: Path, fast_handover: bool = True, **args: object) -> dict:
         """An application `name` under `/name`: the local config's deployments (its default
         model's Generator only) with no CPU asked, the test caps, `model: simulated`, a fast
-        handover, and `args`."""
+        handover unless told otherwise (its heartbeat is database work five times a second), and
+        `args`."""
         app = local_app()
         app.update(name=name, route_prefix=f"/{name}")
         app["args"] = {
-            **TEST_ARGS, **HANDOVER_ARGS, "model": "simulated", "simulated_time_scale": TIME_SCALE,
-            "device": "cpu", "data_dir": str(data_dir), "cache_dir": str(data_dir / "cache"), **args,
+            **TEST_ARGS, **(HANDOVER_ARGS if fast_handover else {}),
+            "model": "simulated", "simulated_time_scale": TIME_SCALE, "device": "cpu",
+            "data_dir": str(data_dir), "cache_dir": str(data_dir / "cache"), **args,
         }  # fmt: skip
         # One model: the local config's other models' Generator deployments are not in this app.
         app["deployments"] = [d for d in app["deployments"] if not d["name"].startswith(f"{GENERATOR}-")]
