@@ -136,7 +136,7 @@ def _shared_simulated(apps: "Apps", tmp_path_factory: pytest.TempPathFactory) ->
     from support.apps import DeployedApp
 
     name = "sim-shared"
-    # Its tests break nothing: no handover to hasten (its heartbeat's database work was 8 core-s of a run).
+    # Its tests break nothing: no handover to hasten (its heartbeat's database work was about 8 core-s of a run).
     apps.deploy(apps.simulated(name, tmp_path_factory.mktemp(name), fast_handover=False, max_video_pixels=None))
     headers = {"Authorization": f"Bearer {API_KEYS[0]}"}
     with httpx.Client(base_url=apps.url(name), headers=headers, timeout=60) as http:
