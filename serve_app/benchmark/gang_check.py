@@ -102,6 +102,9 @@ def _rank(
     if target.type == "cuda":
         torch.cuda.set_device(rank)
     args = AppArgs.model_validate({"model": model, "device": device, "cache_dir": BENCHMARK_CACHE, "warmup_size": size})
+    spec = ModelSpec(id=model, checkpoint=model)
+    width, height, frames = (int(side) for side in size.split("x"))
+    generation = request(width, height, frames, steps)
     while (degrees := splits.get()) is not None:
         try:
             # Rank 0 holds each split's meeting point on a free port, and tells the others.
@@ -110,15 +113,12 @@ def _rank(
                 for _ in range(degrees.world - 1):
                     port.put(store.port)
             joined = parallel.join(store, rank, degrees, target)
-            spec = ModelSpec(id=model, checkpoint=model)
             # Built again for each split: a split changes the model it is given.
             runner = parallel.RankRunner(build(args, model == RANDOM_WEIGHTS), spec, joined)
-            width, height, frames = (int(side) for side in size.split("x"))
-            generation = request(width, height, frames, steps)
             timed_denoising(runner, generation)  # the first run pays the one-time costs (NCCL's, the kernels')
             step_s, latents = timed_denoising(runner, generation)
             if rank == 0:
-                # As an array, pickled whole: a tensor would travel as shared memory, gone when this process ends.
+                # As an array, pickled whole: a tensor would travel as shared memory, gone once this rank frees it.
                 latents_array = latents.float().cpu().numpy()
                 results.put({"step_s": step_s, "latents": latents_array, "plan": str(runner.model.plan)})
             del runner  # before the next split's model is built
