@@ -12,7 +12,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from serve_app.config import AppArgs
-from serve_app.deployments import APP, GENERATOR, GPUS_PER_GENERATOR, INGRESS, generator_names, replica_states
+from serve_app.deployments import (
+    APP,
+    GENERATOR,
+    GPUS_PER_GENERATOR,
+    INGRESS,
+    app_status,
+    generator_names,
+    replica_states,
+)
 
 LOOPBACK = "127.0.0.1"
 
@@ -121,14 +129,9 @@ def serve_on_gpu_cluster(gpu_nodes: int, config: dict[str, Any], api_key: str) -
 
 def wait_running(name: str, deadline: float) -> None:
     """Until Serve says the application `name` runs (every deployment healthy), by `deadline`."""
-    from ray import serve
-
-    while True:
-        app = serve.status().applications.get(name)
-        if app is not None and app.status == "RUNNING":
-            return
+    while (status := app_status(name)) != "RUNNING":
         if time.monotonic() > deadline:
-            raise TimeoutError(f"application {name} not running: {app.status if app else 'absent'}")
+            raise TimeoutError(f"application {name} not running: {status}")
         time.sleep(0.5)
 
 
