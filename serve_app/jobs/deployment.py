@@ -314,4 +314,7 @@ class Jobs:
             return job
         # Its place in this replica's fair order; one another replica holds, by the store's estimate.
         position = self._dispatcher.queue_position(job.id) or await self._store.queue_position(job.id)
+        if not position:  # it started (or ended) since `job` was read: what it is now, not "queued, 0th"
+            stored = await self._store.get(job.id)
+            return stored.job if stored else job
         return job.model_copy(update={"queue_position": position})
