@@ -23,7 +23,7 @@ from support.image_server import image_server as serve_images
 from support.postgres import postgres_server
 from support.service import API_KEYS, KEY_ID_SECRET, ROOT, TEST_ARGS, WEBHOOK_SECRET, wait_idle
 
-from serve_app.benchmark.local_cluster import free_port
+from serve_app.benchmark.local_cluster import free_port, local_head
 
 if TYPE_CHECKING:  # Ray is imported by the fixtures that start it, not by the unit tests
     from support.apps import Apps, DeployedApp
@@ -42,7 +42,6 @@ def image_server() -> Iterator[str]:
 def ray_cluster() -> Iterator[None]:
     import ray
     from ray import serve
-    from ray.cluster_utils import Cluster
 
     # Replicas inherit the environment of the processes Ray starts here.
     os.environ["WAN_API_KEYS"] = ",".join(API_KEYS)
@@ -50,19 +49,9 @@ def ray_cluster() -> Iterator[None]:
     os.environ["WAN_KEY_ID_SECRET"] = KEY_ID_SECRET
     os.environ.pop("WAN_DATABASE_URL", None)
     os.environ["WAN_WEBHOOK_SECRET"] = WEBHOOK_SECRET
-    # A head of its own, never a cluster another process started here. No log monitor: it forwards
-    # the workers' logs to drivers, and this one takes none (log_to_driver); 15 core-s of a run.
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            # A CPU for each of the local config's two Generator replicas (one per model), and one
-            # for a test's extra app.
-            "num_cpus": 3,
-            "include_dashboard": False,
-            "include_log_monitor": False,
-            "metrics_export_port": METRICS_PORT,
-        },
-    )
+    # A CPU for each of the local config's two Generator replicas (one per model), and one for a
+    # test's extra app.
+    cluster = local_head(num_cpus=3, metrics_export_port=METRICS_PORT)
     ray.init(address=cluster.address, log_to_driver=False)
     yield
     serve.shutdown()

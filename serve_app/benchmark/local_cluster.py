@@ -9,7 +9,7 @@ import socket
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from serve_app.config import AppArgs
 from serve_app.deployments import (
@@ -21,6 +21,9 @@ from serve_app.deployments import (
     generator_names,
     replica_states,
 )
+
+if TYPE_CHECKING:
+    from ray.cluster_utils import Cluster
 
 LOOPBACK = "127.0.0.1"
 
@@ -86,18 +89,26 @@ def deploy_config(config: dict[str, Any], ready_within_s: float | None = 120, wa
     return url
 
 
+def local_head(**node_args: Any) -> "Cluster":
+    """A Ray head of this process's own (never a cluster another process started), for a driver
+    that takes no logs (`log_to_driver=False`): no dashboard, and no log monitor, which forwards the
+    workers' logs to drivers (15 core-s of a test run)."""
+    from ray.cluster_utils import Cluster
+
+    return Cluster(
+        initialize_head=True, head_node_args={"include_dashboard": False, "include_log_monitor": False, **node_args}
+    )
+
+
 @contextmanager
 def gpu_cluster(gpu_nodes: int, api_keys: Sequence[str]) -> Iterator[None]:
     """Start the cluster, accepting `api_keys`, and connect to it; shut everything down after."""
     import ray
     from ray import serve
-    from ray.cluster_utils import Cluster
 
     os.environ["WAN_API_KEYS"] = ",".join(api_keys)  # inherited by the nodes' processes
     os.environ.setdefault("WAN_KEY_ID_SECRET", secrets.token_hex(32))
-    # No log monitor: it forwards the workers' logs to drivers, and this one takes none (log_to_driver).
-    head = {"num_cpus": 2, "num_gpus": 0, "include_dashboard": False, "include_log_monitor": False}
-    cluster = Cluster(initialize_head=True, head_node_args=head)
+    cluster = local_head(num_cpus=2, num_gpus=0)
     for _ in range(gpu_nodes):
         cluster.add_node(num_cpus=2, num_gpus=GPUS_PER_GENERATOR)  # one generator replica a node
     ray.init(address=cluster.address, log_to_driver=False)
