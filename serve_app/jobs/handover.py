@@ -52,9 +52,9 @@ class Handover:
 
     async def adopt(self) -> None:
         """Claim the jobs nobody holds (released, or their replica silent) and take them on."""
-        if self.stopping:
-            return
         async with self._adopting:
+            if self.stopping:
+                return
             for orphan in await self._store.adopt(self._runner, self._silent_s):
                 if orphan.status == JobStatus.QUEUED:
                     logger.info("job %s: adopted, dispatching", orphan.job_id)
@@ -64,7 +64,10 @@ class Handover:
 
     async def stop(self) -> None:
         """Hand over the jobs not started, follow the running ones to their end, leave."""
-        self.stopping = True
+        # An adoption under way ends first (what it takes on is handed over below too), none after:
+        # else it could claim, for this replica, the jobs it releases here, and leave them unfollowed.
+        async with self._adopting:
+            self.stopping = True
         # Those waiting for their turn first: a slot freed meanwhile sends none of them to Serve.
         queued = sorted((running for running in self._dispatcher.running.values() if not running.started),
                         key=lambda running: running.stream is not None)  # fmt: skip

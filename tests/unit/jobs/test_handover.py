@@ -5,6 +5,7 @@ SQLite (which a rolling update shares between two replicas). The generator is a 
 shared by the replicas, as the Generator deployment is: it counts what each job started."""
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -49,6 +50,15 @@ async def status_of(jobs, job: Job) -> str:
 
 async def running_on(jobs, job: Job) -> bool:
     return await status_of(jobs, job) == "in_progress"
+
+
+async def busy_replica(generator: FakeGenerator, args: AppArgs, steps: int, queued: int, started=lambda jobs: jobs):
+    """A Jobs replica running one job of `steps` steps, with `queued` jobs behind it."""
+    jobs = started(await start_jobs(generator, args))
+    running = await jobs.submit(submission("running", steps=steps))
+    behind = [await jobs.submit(submission(f"queued {i}")) for i in range(queued)]
+    await apoll(lambda: running_on(jobs, running), what="the job starting")
+    return jobs, running, behind
 
 
 def crash(jobs) -> None:
@@ -103,10 +113,7 @@ def test_a_dead_replicas_queued_jobs_are_adopted_and_its_running_job_fails_clear
 
     async def scenario():
         generator = FakeGenerator(step_s=0.05)
-        dying = await start_jobs(generator, args)
-        running = await dying.submit(submission("running", steps=400))
-        queued = [await dying.submit(submission(f"queued {i}")) for i in range(2)]
-        await apoll(lambda: running_on(dying, running), what="the job starting")
+        dying, running, queued = await busy_replica(generator, args, steps=400, queued=2)
         crash(dying)
         survivor = await start_jobs(generator, args)
         done = [await finished(survivor, job) for job in (running, *queued)]
@@ -133,10 +140,7 @@ def test_a_rolling_update_hands_over_queued_jobs_and_finishes_running_ones_each_
 
     async def scenario():
         generator = FakeGenerator(step_s=0.05)
-        old = started(await start_jobs(generator, args))
-        running = await old.submit(submission("running", steps=30))
-        queued = [await old.submit(submission(f"queued {i}")) for i in range(3)]
-        await apoll(lambda: running_on(old, running), what="the job starting")
+        old, running, queued = await busy_replica(generator, args, steps=30, queued=3, started=started)
         new = started(await start_jobs(generator, args))
         stopping = asyncio.create_task(old.__del__())  # Serve's graceful shutdown of the old replica
         seen = set()
@@ -155,6 +159,51 @@ def test_a_rolling_update_hands_over_queued_jobs_and_finishes_running_ones_each_
     assert [job.status for job in done] == ["completed"] * 4
     assert generator.started == generator.completed == {"running": 1, "queued 0": 1, "queued 1": 1, "queued 2": 1}
     assert ("in_progress", "queued") in seen and all(status != "failed" for pair in seen for status in pair)
+
+
+def test_a_replica_that_stops_while_it_adopts_takes_on_none_of_the_jobs_it_hands_over(args):
+    # The race seen in CI: an adoption under way when the replica began to stop claimed, for the
+    # stopping replica, a job it had just released; nothing followed it once the replica left.
+    args = args.model_copy(update=FAST_HANDOVER)
+
+    async def scenario():
+        generator = FakeGenerator(step_s=0.05)
+        # Long enough to run on while the replica releases the others (else their starts race it).
+        old, running, queued = await busy_replica(generator, args, steps=30, queued=3)
+        store, dispatcher = old._store, old._dispatcher
+        release, adopt, dispatch = store.release, store.adopt, dispatcher.dispatch
+        released, dispatched_while_stopping = asyncio.Event(), []
+
+        async def releasing(*arguments):
+            try:
+                return await release(*arguments)
+            finally:
+                released.set()
+
+        async def slow_adopt(*arguments):  # a slow query: it reads the store after a release, if any
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(released.wait(), 0.5)
+            return await adopt(*arguments)
+
+        async def recorded_dispatch(job_id, *arguments):
+            dispatched_while_stopping.append(job_id)
+            return await dispatch(job_id, *arguments)
+
+        store.release, store.adopt = releasing, slow_adopt
+        adopting = asyncio.create_task(old._handover.adopt())
+        await asyncio.sleep(0)  # the adoption is under way
+        dispatcher.dispatch = recorded_dispatch
+        await old.__del__()
+        await adopting
+        new = await start_jobs(generator, args)
+        done = [await finished(new, job) for job in (running, *queued)]
+        await new.__del__()
+        return generator, dispatched_while_stopping, done
+
+    generator, dispatched_while_stopping, done = asyncio.run(scenario())
+    assert dispatched_while_stopping == []
+    assert [job.status for job in done] == ["completed"] * 4
+    assert generator.completed == {"running": 1, "queued 0": 1, "queued 1": 1, "queued 2": 1}
 
 
 @pytest.mark.slow
