@@ -132,6 +132,7 @@ class Jobs:
         await self._handover.stop()
         for task in self._tasks:
             task.cancel()
+        await asyncio.wait(self._tasks)  # what they do as they end (the outbox's release) needs the store
         await self._store.close()
 
     # Called by the Ingress.

@@ -1,7 +1,8 @@
 """The webhook outbox: a job's event is stored with its final status, in the same transaction, and
 sent by whichever Jobs replica is alive, so an update or a crash loses none. A replica leases the
 events due (no other sends them meanwhile), sends each once, and deletes it or schedules its next
-attempt by `webhook_retry_delays_s`; after the last retry it gives up, with an error in the log."""
+attempt by `webhook_retry_delays_s`; after the last retry it gives up, with an error in the log. A
+replica that stops hands back what it leased and has not settled, so the next sends it at once."""
 
 import asyncio
 import logging
@@ -25,13 +26,21 @@ class Outbox:
         self._lease_s = 3 * sender.timeout_s + POLL_S
 
     async def run(self) -> None:
-        while True:
+        try:
+            while True:
+                try:
+                    due = await self._store.due_webhooks(self._runner, self._lease_s, BATCH)
+                    await asyncio.gather(*(self._send(webhook) for webhook in due))
+                except Exception:
+                    logger.exception("webhook outbox failed; trying again")
+                await asyncio.sleep(POLL_S)
+        finally:
+            # Cancelled (the replica stops) with attempts in flight or unrecorded: without this they
+            # would wait out their lease, seconds to minutes, before another replica sent them.
             try:
-                due = await self._store.due_webhooks(self._runner, self._lease_s, BATCH)
-                await asyncio.gather(*(self._send(webhook) for webhook in due))
-            except Exception:
-                logger.exception("webhook outbox failed; trying again")
-            await asyncio.sleep(POLL_S)
+                await self._store.release_webhooks(self._runner)
+            except Exception as exc:
+                logger.warning("the webhooks leased here wait out their lease: releasing them failed (%s)", exc)
 
     async def _send(self, webhook: Webhook) -> None:
         attempt = webhook.attempts + 1

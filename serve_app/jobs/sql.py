@@ -307,6 +307,10 @@ class SqlStore:
                 (delay_s, webhook_id),
             )
 
+    async def release_webhooks(self, runner: str) -> None:
+        async with self.transaction() as tx:
+            await tx.execute("UPDATE webhooks SET leased_by = NULL, lease_until = NULL WHERE leased_by = ?", (runner,))
+
     def changes(self) -> AsyncIterator[str]:
         raise NotImplementedError
 

@@ -155,6 +155,9 @@ class JobStore(Protocol):
 
     async def webhook_retry(self, webhook_id: int, delay_s: float) -> None: ...
 
+    async def release_webhooks(self, runner: str) -> None:
+        """End `runner`'s leases: the webhooks it has not settled are due to any replica again."""
+
     # Changes.
 
     def changes(self) -> AsyncIterator[str]:

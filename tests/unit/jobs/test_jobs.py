@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from threading import Thread
+from threading import Event, Thread
 
 import pytest
 from support.fakes import FakeGenerator, FakeStream, start_jobs
@@ -289,10 +289,12 @@ def test_a_reference_image_waits_in_storage_not_the_database_and_goes_once_the_j
 class _Receiver(BaseHTTPRequestHandler):
     answers: list[int] = []
     received: list[dict] = []
+    answering = Event()  # cleared: an attempt waits for it, unanswered
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.received.append({"id": self.headers["webhook-id"], "body": body})
+        self.answering.wait(30)
         self.send_response(self.answers.pop(0) if self.answers else 200)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -304,7 +306,8 @@ class _Receiver(BaseHTTPRequestHandler):
 @pytest.fixture
 def receiver():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    _Receiver.answers, _Receiver.received = [], []
+    _Receiver.answers, _Receiver.received, _Receiver.answering = [], [], Event()
+    _Receiver.answering.set()
     Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/hook", _Receiver
     server.shutdown()
@@ -332,6 +335,32 @@ def test_a_webhook_waits_in_the_outbox_across_a_restart_and_is_retried_with_the_
     first, second, *more = handler.received
     assert not more and first["id"] == second["id"] and first["body"] == second["body"]
     assert f'"id": "{job.id}"'.encode() in first["body"] and b'"type": "video.completed"' in first["body"]
+
+
+def test_a_replica_that_stops_while_a_webhook_attempt_is_in_flight_hands_the_event_to_the_next_at_once(
+    args, receiver, monkeypatch
+):
+    url, handler = receiver
+    monkeypatch.setenv("WAN_WEBHOOK_SECRET", "a signing secret")
+    monkeypatch.setattr(outbox, "POLL_S", 0.1)
+    handler.answering.clear()  # the first attempt gets no answer while its replica is up
+
+    async def scenario():
+        jobs = await start_jobs(FakeGenerator(), args)
+        job = await until_finished(jobs, await jobs.submit(submission(webhook_url=url)))
+        await apoll(lambda: handler.received, every_s=0.05, what="the first attempt")
+        await jobs.__del__()
+        handler.answering.set()
+        restarted = await start_jobs(FakeGenerator(), args)
+        # Not after its lease (3 x webhook_timeout_s + POLL_S: 30 s) but at the next replica's first poll.
+        await apoll(lambda: len(handler.received) >= 2, timeout_s=10, every_s=0.05, what="the next attempt")
+        await asyncio.sleep(0.5)  # and never again once delivered
+        await restarted.__del__()
+        return job
+
+    job = run(scenario())
+    first, second, *more = handler.received
+    assert not more and first["id"] == second["id"] and f'"id": "{job.id}"'.encode() in second["body"]
 
 
 def test_a_key_that_comes_later_waits_for_a_slot_not_for_every_job_of_the_key_before_it(args):
