@@ -2,12 +2,21 @@
 first frame to a JPEG thumbnail."""
 
 import io
+import os
 import tempfile
 from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
 from PIL import Image
+
+# imageio-ffmpeg starts ffmpeg with `preexec_fn=os.setpgrp` (to keep a terminal's Ctrl-C from it)
+# unless this says not to. A preexec_fn makes CPython fork() where it would vfork(), and a fork runs
+# the process's fork handlers: in a Ray worker, gRPC's, which restart its poller in the child; one
+# found its epoll descriptor closed before the exec and aborted the child (the job failed with
+# "Broken pipe"). Without it, ffmpeg is started by vfork and exec, and no handler runs. The library
+# reads it at each start.
+os.environ["IMAGEIO_FFMPEG_NO_PREVENT_SIGINT"] = "1"
 
 # HD video's colours, BT.709 in limited range (what players assume for HD video). The scaler
 # converts RGB with the BT.709 matrix (its default is BT.601) and tags the frames with all four;

@@ -1,5 +1,7 @@
 """MP4 encoding on its own: exact frames, size and rate; deterministic bytes; bad input refused."""
 
+import os
+
 import numpy as np
 import pytest
 from support.media import colours_seen, probe_mp4
@@ -38,3 +40,14 @@ def test_output_is_compact():
 def test_refuses_float_frames():
     with pytest.raises(ValueError, match="uint8"):
         encode_mp4(np.zeros((25, 32, 32, 3), dtype=np.float32), fps=24)
+
+
+def test_ffmpeg_is_started_without_running_the_processs_fork_handlers():
+    # A Generator replica is a Ray worker, whose gRPC threads have fork handlers: a child made by
+    # fork() once aborted before it could exec ffmpeg (gRPC's poller, restarted in the child, found
+    # its epoll descriptor closed), and the job failed with "Broken pipe". CPython runs Python's fork
+    # handlers, and forks rather than vforks (so the C libraries' run too), for a preexec_fn.
+    forks = []
+    os.register_at_fork(before=lambda: forks.append(os.getpid()))  # cannot be removed; it only counts
+    encode_mp4(np.zeros((5, 16, 16, 3), dtype=np.uint8), fps=24)
+    assert forks == []
