@@ -60,9 +60,9 @@ $(POSTGRES):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
 
 # Two pytest-xdist workers: the tests on the Ray cluster in one (their group), the other modules
-# shared, a module at a time.
+# shared, a module at a time, handed out in the order tests/conftest.py gives them (longest first).
 test: lint $(CHROMIUM) $(POSTGRES)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder --durations=25
 
 # The unit tier, chosen by folder (tests/unit: no Ray cluster, no browser, no diffusers, so its
 # workers import none of them), less its `slow` tests (PostgreSQL); two processes. Under 40 s.
