@@ -10,8 +10,11 @@ import sys
 
 # TorchInductor's vectorised CPU kernels take half of a compilation's time here, and nothing the
 # tests check depends on them (the graphs, recompilations, latents against eager): scalar kernels.
-# Set before torch reads it, and inherited by the processes the tests start.
+# And it compiles in the test's own process: a pool of compile workers (each importing torch) cost
+# more CPU on 2 cores than it saved (the three `compiles` tests: 218 core-s, 185 without it).
+# Set before torch reads them, and inherited by the processes the tests start.
 os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "0")
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
