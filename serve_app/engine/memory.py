@@ -35,6 +35,41 @@ FIT_FRAMES = (9, 13)
 TRACED_LAYERS = 2
 
 
+# The output (shape, stride, dtype, device) of a functional operation on meta tensors, by the
+# operation and its arguments' shapes, strides, dtypes and values. PyTorch's meta kernels for the
+# elementwise operations and norms are Python (0.3-1 ms a call); a tiled VAE decode makes the same
+# calls tile after tile: remembered, a 1280x704 plan's traces take under half the time (4.8 s, not 11).
+_META_OUTPUTS: dict[tuple[Any, ...], tuple[torch.Size, tuple[int, ...], torch.dtype, torch.device]] = {}
+_VALUES = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.memory_format, torch.layout)
+
+
+def _signature(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+    """What a functional operation's output depends on; None for any other (a view, an in-place or
+    `out=` operation, several outputs, an argument that is not a tensor or a plain value)."""
+    schema = getattr(func, "_schema", None)
+    if (
+        schema is None
+        or len(schema.returns) != 1
+        or str(schema.returns[0].type) != "Tensor"
+        or any(item.alias_info is not None for item in (*schema.arguments, *schema.returns))
+    ):
+        return None
+
+    def key(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return (value.shape, value.stride(), value.storage_offset(), value.dtype, value.device)
+        if isinstance(value, list | tuple):
+            return tuple(key(item) for item in value)
+        if isinstance(value, _VALUES):
+            return (type(value), value)
+        raise TypeError
+
+    try:
+        return (func, key(args), key(sorted(kwargs.items())))
+    except TypeError:
+        return None
+
+
 class LiveBytes(TorchDispatchMode):
     """Counts the bytes of the tensor storages that the operations run under it create, while they
     live, and keeps the peak. Views and in-place results share an input's storage: not new."""
@@ -52,7 +87,15 @@ class LiveBytes(TorchDispatchMode):
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        signature = _signature(func, args, kwargs)
+        if signature in _META_OUTPUTS:
+            shape, stride, dtype, device = _META_OUTPUTS[signature]
+            out = torch.empty_strided(shape, stride, dtype=dtype, device=device)
+        else:
+            out = func(*args, **kwargs)
+            if signature is not None and out.device.type == "meta" and _dense(out):
+                _META_OUTPUTS[signature] = (out.shape, out.stride(), out.dtype, out.device)
         inputs = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
         for tensor in tree_leaves(out):
             if isinstance(tensor, torch.Tensor) and tensor.untyped_storage()._cdata not in inputs:
@@ -71,6 +114,13 @@ class LiveBytes(TorchDispatchMode):
 
     def _free(self, key: int) -> None:
         self.current -= self.live.pop(key)
+
+
+def _dense(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` has a storage of its own, exactly the size its shape and strides need (what
+    `empty_strided` makes)."""
+    made = torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device=tensor.device)
+    return tensor.storage_offset() == 0 and tensor.untyped_storage().nbytes() == made.untyped_storage().nbytes()
 
 
 def _efficient_attention(

@@ -9,6 +9,7 @@ import torch
 
 from serve_app.capacity import PLANS, Capacity, GiB, Plan, StageFit
 from serve_app.config import PipelineOptions
+from serve_app.engine import memory
 from serve_app.engine.errors import ModelLoadError
 from serve_app.engine.full_size import full_size_pipeline
 from serve_app.engine.memory import PIPELINE_LATENTS, LiveBytes, MemoryTracer, meta_copy, module_bytes, peak_bytes
@@ -65,6 +66,25 @@ def test_the_random_full_size_modules_are_built_in_bf16_straight():
         pipe = full_size_pipeline(torch.device("meta"), torch.bfloat16)
     weights = sum(module_bytes(module) for module in (pipe.transformer, pipe.text_encoder, pipe.vae))
     assert counter.peak < 1.01 * weights < 23 * GiB
+
+
+def test_the_outputs_the_tracer_remembers_count_what_pytorchs_kernels_make(tracer, monkeypatch):
+    # The tiled decode at 512x320 (six tiles): without remembering, first time, and all remembered.
+    set_vae_tiling(tracer.vae, True)
+    latents = functools.partial(torch.empty, latent_shape(512, 320, 9), device="meta")
+    decode = functools.partial(peak_bytes, lambda: decode_to_uint8(tracer.vae, latents()))
+    memory._META_OUTPUTS.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(memory, "_signature", lambda func, args, kwargs: None)
+        kernels = decode()
+    assert not memory._META_OUTPUTS
+    first, remembered = decode(), decode()
+    assert kernels == first == remembered > 0 and memory._META_OUTPUTS
+    # A view, an in-place operation and an `out=` one are never remembered: their storage is an input's.
+    x = torch.empty(4, 4, device="meta")
+    assert memory._signature(torch.ops.aten.add.Tensor, (x, x), {}) is not None
+    for func in (torch.ops.aten.t.default, torch.ops.aten.add_.Tensor, torch.ops.aten.add.out):
+        assert memory._signature(func, (x, x), {}) is None
 
 
 def test_80_gib_gets_the_fastest_plan(tracer):
