@@ -64,8 +64,15 @@ def add_options(parser) -> None:
 
 @events.user_error.add_listener
 def fail_the_run(user_instance, exception: Exception, tb) -> None:
-    # An exception in the test code is a bug that invalidates the figures: the run must fail.
-    user_instance.environment.process_exit_code = 1
+    # An exception in the test code is a bug that invalidates the figures: the run must fail. It
+    # comes from a User's task or from its TaskSet (which holds the User).
+    getattr(user_instance, "user", user_instance).environment.process_exit_code = 1
+
+
+def unexpected(response) -> str:
+    """What a failed request got: its status and the start of its body, or the error that left it
+    without an answer (a reset connection: status 0, no body)."""
+    return f"{response.status_code}: {response.text[:200] if response.text is not None else repr(response.error)}"
 
 
 @events.init.add_listener
@@ -174,7 +181,7 @@ class PredictUser(WanUser):
             if self.rejected(response):
                 return
             if response.status_code != 200:
-                response.failure(f"{response.status_code}: {response.text[:200]}")
+                response.failure(unexpected(response))
                 self.job_failed(choice, f"/predict answered {response.status_code}")
                 return
             payload = response.json()
@@ -211,7 +218,7 @@ class JobsUser(WanUser):
             if self.rejected(response):
                 return
             if response.status_code != 202:
-                response.failure(f"{response.status_code}: {response.text[:200]}")
+                response.failure(unexpected(response))
                 return
             job_id = response.json()["id"]
         self.in_flight.add(job_id)
@@ -249,7 +256,7 @@ class JobsUser(WanUser):
             catch_response=True,
         ) as response:
             if response.status_code != 200:
-                response.failure(f"{response.status_code}: {response.text[:200]}")
+                response.failure(unexpected(response))
                 return None
             buffer, text = "", codecs.getincrementaldecoder("utf-8")()
             for chunk in response.iter_content(chunk_size=4096, decode_content=False):

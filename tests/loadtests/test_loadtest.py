@@ -5,6 +5,8 @@ import csv
 import json
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from support.service import API_KEYS, NO_LOAD_TEST_FAILURES, ROOT, wait_idle
@@ -101,6 +103,45 @@ def test_an_unreachable_service_is_a_clear_error(tmp_path):
     )  # fmt: skip
     assert run.returncode == 2
     assert "http://127.0.0.1:9/readyz does not answer 'ready'" in run.stderr
+
+
+class _HangsUp(BaseHTTPRequestHandler):
+    """Ready, then closes the connection on every submission without an answer (a reset connection)."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        body = json.dumps({"status": "ready", "generator_replicas": 1}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.close_connection = True
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_request_left_without_an_answer_is_a_failure_with_its_error_not_a_crash(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HangsUp)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "loadtests", "--host", f"http://127.0.0.1:{server.server_port}", "--api-key", "k",
+             "--user-classes", "JobsUser", "--users", "1", "--run-time", "2s", "--think-time", "0.2",
+             "--out", str(tmp_path)],
+            capture_output=True, text=True, timeout=60, cwd=ROOT,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+    # Failed (the requests did), with what each got: status 0 and the client's error; no exception in the test code.
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    with (tmp_path / "locust_failures.csv").open() as rows:
+        failures = {(row["Name"], row["Error"]) for row in csv.DictReader(rows)}
+    assert failures, run.stderr[-3000:]
+    assert all(name == "/v1/videos" and "0: HTTPConnectionClosed" in error for name, error in failures), failures
 
 
 @pytest.mark.parametrize(
