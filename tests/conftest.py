@@ -106,34 +106,20 @@ def _simulated_app_name(item: pytest.Item) -> str:
     return "sim-" + hashlib.sha256(item.nodeid.encode()).hexdigest()[:10]
 
 
-def _next_taking(fixture: str, item: pytest.Item) -> pytest.Item | None:
-    """The test after `item` in this process's run that takes `fixture` (the cluster's tests all
-    run in one worker, in the order of `session.items`)."""
-    items = item.session.items
-    later = items[items.index(item) + 1 :]
-    return next((other for other in later if fixture in getattr(other, "fixturenames", ())), None)
-
-
 @pytest.fixture
 def simulated_app(
     apps: "Apps", tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator["DeployedApp"]:
     """An application of this test's own beside the service, `model: simulated` (steps that sleep:
     a SLOW job takes seconds, and no CPU), with the test caps and a fast handover, under a route
-    prefix of its own. A test may break it; it is deleted after the test. Each is started while the
-    test before it runs (its replicas' start, 6-15 s, overlaps that test's waiting)."""
+    prefix of its own. A test may break it; it is deleted after the test."""
     from support.apps import DeployedApp
 
     name = _simulated_app_name(request.node)
-    if name not in apps:
-        apps.start(apps.simulated(name, tmp_path_factory.mktemp(name)))
-    url = apps.wait(name)
-    following = _next_taking("simulated_app", request.node)
-    if following is not None and (ahead := _simulated_app_name(following)) not in apps:
-        apps.start(apps.simulated(ahead, tmp_path_factory.mktemp(ahead)))
+    apps.deploy(apps.simulated(name, tmp_path_factory.mktemp(name)))
     headers = {"Authorization": f"Bearer {API_KEYS[0]}"}
-    with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
-        yield DeployedApp(name, url, http)
+    with httpx.Client(base_url=apps.url(name), headers=headers, timeout=60) as http:
+        yield DeployedApp(name, apps.url(name), http)
     apps.remove(name)
 
 

@@ -61,8 +61,7 @@ class Apps:
     def deploy(self, app: dict, ready_within_s: float = 240) -> str:
         """Add or replace `app` (by name); its URL, once it runs and its `/readyz` says ready."""
         if app["name"] not in self._apps:
-            self.start(app)
-            return self.wait(app["name"], ready_within_s)
+            return self.deploy_all([app], ready_within_s)[0]
         # An update: Serve's own wait sees the new config through (the status still reads RUNNING,
         # the old one's, until the controller takes it).
         self._apps[app["name"]] = copy.deepcopy(app)
@@ -70,18 +69,18 @@ class Apps:
         wait_ready(self.url(app["name"]), ready_within_s)
         return self.url(app["name"])
 
-    def start(self, app: dict) -> None:
-        """Add the new application `app` without waiting: Serve starts its replicas meanwhile."""
-        self._apps[app["name"]] = copy.deepcopy(app)
+    def deploy_all(self, apps: list[dict], ready_within_s: float = 240) -> list[str]:
+        """`deploy` for several new applications at once: Serve starts their replicas together. Waits for each to
+        run (Serve's status) and to be ready, `ready_within_s` in all (not Serve's own 60 s: on a
+        busy 2-core machine a module's applications take longer to start together)."""
+        for app in apps:
+            self._apps[app["name"]] = copy.deepcopy(app)
         deploy_config(self.config(), ready_within_s=None, wait=False)
-
-    def wait(self, name: str, ready_within_s: float = 240) -> str:
-        """Until the application `name` runs (Serve's status) and is ready: its URL. Within
-        `ready_within_s`, not Serve's own 60 s: on a busy 2-core machine an application takes longer."""
         deadline = time.monotonic() + ready_within_s
-        wait_running(name, deadline)
-        wait_ready(self.url(name), max(1.0, deadline - time.monotonic()))
-        return self.url(name)
+        for app in apps:
+            wait_running(app["name"], deadline)
+            wait_ready(self.url(app["name"]), max(1.0, deadline - time.monotonic()))
+        return [self.url(app["name"]) for app in apps]
 
     def url(self, name: str) -> str:
         return self.base_url + self._apps[name]["route_prefix"].rstrip("/")
