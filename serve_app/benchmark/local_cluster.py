@@ -4,6 +4,7 @@ replicas, one per "GPU"; the work itself runs on the CPU. Used by the autoscalin
 capacity simulation and the tests (which deploy their configs with `deploy_config`)."""
 
 import os
+import random
 import secrets
 import socket
 import time
@@ -28,11 +29,24 @@ if TYPE_CHECKING:
 LOOPBACK = "127.0.0.1"
 
 
+# Between Ray's worker ports (its default min/max_worker_port: 10002-19999) and the kernel's
+# ephemeral ones (Linux's default ip_local_port_range: 32768-60999), from which every bind to port
+# 0 draws, Ray's own components' among them: a port found free there could be taken before its
+# user binds it (a multi-node scenario's Serve proxy, bound a minute after its port was chosen,
+# once failed to).
+FREE_PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port of 127.0.0.1 that nothing holds, in `FREE_PORTS`."""
+    for port in random.sample(FREE_PORTS, 100):
+        with socket.socket() as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port among 100 of {FREE_PORTS}")
 
 
 def cluster_config(port: int, args: dict[str, Any], autoscaling: dict[str, Any]) -> dict[str, Any]:
