@@ -127,12 +127,8 @@ def test_a_request_left_without_an_answer_is_a_failure_with_its_error_not_a_cras
     server = ThreadingHTTPServer(("127.0.0.1", 0), _HangsUp)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        run = subprocess.run(
-            [sys.executable, "-m", "loadtests", "--host", f"http://127.0.0.1:{server.server_port}", "--api-key", "k",
-             "--user-classes", "JobsUser", "--users", "1", "--run-time", "2s", "--think-time", "0.2",
-             "--out", str(tmp_path)],
-            capture_output=True, text=True, timeout=60, cwd=ROOT,
-        )  # fmt: skip
+        run = load_test(f"http://127.0.0.1:{server.server_port}", tmp_path, "--user-classes", "JobsUser",
+                        "--users", "1", "--run-time", "2s", "--think-time", "0.2")  # fmt: skip
     finally:
         server.shutdown()
     # Failed (the requests did), with what each got: status 0 and the client's error; no exception in the test code.
